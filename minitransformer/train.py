@@ -38,7 +38,8 @@ class Progress:
     """A live line on a terminal (step, tokens, tokens/s, loss, lr, ETA); plain log lines
     (one per snapshot) otherwise."""
 
-    def __init__(self, total_steps, tokens_per_step, stream=sys.stderr, enabled=True):
+    def __init__(self, total_steps, tokens_per_step, stream=sys.stderr, enabled=True, label=""):
+        self.label = label   # names the run on log lines (a sweep interleaves several)
         self.total, self.tokens_per_step, self.stream = total_steps, tokens_per_step, stream
         self.live = enabled and stream.isatty()
         self.enabled = enabled
@@ -62,7 +63,7 @@ class Progress:
 
     def snapshot(self, step, loss, lr):
         if self.enabled and not self.live:
-            print("snapshot " + self.line(step, loss, lr), file=self.stream, flush=True)
+            print(self.label + "snapshot " + self.line(step, loss, lr), file=self.stream, flush=True)
 
     def done(self):
         if self.live:
@@ -126,7 +127,7 @@ def train(out, model_config, train_config, resume=False, force=False, progress=T
     if progress:
         print(f"{out}: {describe(corpus)}; {total_steps} steps of {tokens_per_step} tokens, "
               f"{len(schedule)} snapshots", file=sys.stderr)
-    bar = Progress(total_steps, tokens_per_step, enabled=progress)
+    bar = Progress(total_steps, tokens_per_step, enabled=progress, label=f"{out.name}: ")
     start = time.time() - elapsed
     loss = lr = float("nan")
 

@@ -1,0 +1,196 @@
+"""The model families of the Model Analysis Table, trained and measured as independent jobs.
+
+    python -m experiments.sweep                 # the default sweep into runs/sweep (~1.5 h, 2 cores)
+    python -m experiments.sweep --small         # small models, minutes: runs/sweep-small
+    python -m experiments.sweep --scheduler tcp://HOST:8786   # the same jobs on a Dask cluster
+
+A job trains one model (resuming a partial run, skipping a finished one) and then measures
+every snapshot (experiments.measure, cached beside the run). Jobs run in a local process
+pool, one BLAS thread each (two single-threaded jobs beat one two-threaded one on this
+engine), or on a Dask distributed cluster whose workers see the same --root directory.
+Starting an interrupted sweep again skips everything already done.
+"""
+import argparse
+import concurrent.futures
+import multiprocessing
+import os
+import pathlib
+import sys
+import time
+from dataclasses import dataclass
+
+from circuits.threads import blas_threads
+from minitransformer.presets import apply_overrides, preset
+from minitransformer.runs import Run, run_file
+from minitransformer.train import train
+
+
+@dataclass(frozen=True)
+class Job:
+    """One model of a family: a preset plus key=value overrides, trained into root/name."""
+    name: str
+    preset: str
+    overrides: tuple = ()
+    family: str = ""
+    control: str = ""           # the name of the identically trained control (smeared-key models)
+
+    def configs(self):
+        model, train_config = preset(self.preset)
+        return apply_overrides(model, train_config, list(self.overrides))
+
+
+SNAPSHOTS = ("snapshots=50",)
+
+
+def default_jobs():
+    """Attention-only and MLP 1..6 layers, smeared-key 1L/2L (their controls are the
+    attention-only 1L/2L models: the same preset without the smeared key), and a 2-layer
+    model trained on the template corpus (Argument 4)."""
+    jobs = [Job(f"attn-only-{n}l", f"attn-only-{n}l", SNAPSHOTS, "attn-only") for n in range(1, 7)]
+    # MLP models are ~2x slower per token; half the tokens keeps the sweep near an hour
+    jobs += [Job(f"mlp-{n}l", f"mlp-{n}l", SNAPSHOTS + ("total_tokens=3e6",), "mlp")
+             for n in range(1, 7)]
+    jobs += [Job(f"smeared-{n}l", f"smeared-{n}l", SNAPSHOTS, "smeared", control=f"attn-only-{n}l")
+             for n in (1, 2)]
+    jobs.append(Job("template-2l", "attn-only-2l",
+                    SNAPSHOTS + ("corpus=synthetic:template", "total_tokens=3e6"), "template"))
+    return jobs
+
+
+SMALL = ("n_ctx=64", "batch_size=16", "corpus=synthetic:repeated", "synthetic_fraction=0",
+         "total_tokens=6e5", "n_eval=64", "snapshots=20")
+
+
+def small_jobs():
+    """Minutes on a laptop: 64-token contexts of repeated random segments."""
+    jobs = [Job(f"attn-only-{n}l", f"attn-only-{n}l", SMALL, "attn-only") for n in (1, 2, 3)]
+    jobs += [Job(f"mlp-{n}l", f"mlp-{n}l", SMALL, "mlp") for n in (1, 2)]
+    jobs += [Job(f"smeared-{n}l", f"smeared-{n}l", SMALL, "smeared", control=f"attn-only-{n}l")
+             for n in (1, 2)]
+    jobs.append(Job("template-2l", "attn-only-2l", SMALL + ("corpus=synthetic:template",
+                                                           "synthetic_fraction=0.5"), "template"))
+    return jobs
+
+
+def finished(out, model, train_config):
+    """True if out holds a finished run of exactly these settings; a one-line error if it
+    holds a run of other settings (a sweep never overwrites one)."""
+    if not run_file(out).exists():
+        return False
+    run = Run(out)
+    want = {**model, **train_config}
+    have = {**run.config.to_dict(), **run.train_config}
+    differ = sorted(k for k in want if k in have and have[k] != want[k] and k != "device")
+    if differ:
+        raise ValueError(f"{out}: holds a run with other settings ({', '.join(differ)}); "
+                         f"move it away or choose another --root")
+    return int(run.data["state.tokens"]) >= train_config["total_tokens"]
+
+
+def run_job(job, root, measure=True, progress=True):
+    """Train (or resume, or skip) one job's model, then measure it -> a short status line."""
+    start = time.time()
+    out = pathlib.Path(root) / job.name
+    with blas_threads(1):
+        model, train_config = job.configs()
+        trained = "finished run kept"
+        if not finished(out, model, train_config):
+            train(out, model, train_config, resume=run_file(out).exists(), progress=progress)
+            trained = "trained"
+        measured = ""
+        if measure:
+            from experiments.measure import measure_run   # imported in the worker process
+            measure_run(Run(out), log=lambda line: print(line, flush=True))
+            measured = ", measured"
+    return f"{out}: {trained}{measured} in {time.time() - start:.0f} s"
+
+
+def order(jobs):
+    """Longest jobs first, so that a pool of two does not end on one long job."""
+    def cost(job):
+        model, train_config = job.configs()
+        per_token = model["n_layers"] * (1 if model.get("attn_only", True) else 2.2) + 1
+        return per_token * train_config["total_tokens"] * model["n_ctx"] / 256
+    return sorted(jobs, key=cost, reverse=True)
+
+
+def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print):
+    """Every job, in a local process pool (one BLAS thread each) or on the Dask cluster at
+    `scheduler` ('tcp://host:port', or a distributed.Client / LocalCluster). Returns the
+    status lines; a failed job is reported and the others go on (raised at the end)."""
+    pathlib.Path(root).mkdir(parents=True, exist_ok=True)
+    jobs, failures, lines = order(jobs), [], []
+    if scheduler is None:
+        os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # for the spawned workers
+        pool = concurrent.futures.ProcessPoolExecutor(
+            workers, mp_context=multiprocessing.get_context("spawn"))
+        with pool:
+            futures = {pool.submit(run_job, job, str(root), measure): job for job in jobs}
+            for future in concurrent.futures.as_completed(futures):
+                _collect(future, futures[future], lines, failures, log)
+    else:
+        from distributed import Client, as_completed
+        client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        futures = {client.submit(run_job, job, str(pathlib.Path(root).resolve()), measure,
+                                 key=f"sweep-{job.name}-{time.time_ns()}", pure=False): job
+                   for job in jobs}
+        for future in as_completed(list(futures)):
+            _collect(future, futures[future], lines, failures, log)
+    if failures:
+        raise RuntimeError("; ".join(failures))
+    return lines
+
+
+def _collect(future, job, lines, failures, log):
+    try:
+        lines.append(future.result())
+        log(lines[-1])
+    except Exception as e:   # noqa: BLE001 (reported with the job's name, the others go on)
+        failures.append(f"{job.name}: {e}")
+        log(f"{job.name}: FAILED: {e}")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0])
+    parser.add_argument("--small", action="store_true", help="the small sweep (minutes)")
+    parser.add_argument("--root", help="where the runs go (default runs/sweep or runs/sweep-small)")
+    parser.add_argument("--workers", type=int, default=2, help="local processes (default 2)")
+    parser.add_argument("--scheduler", help="a Dask scheduler address, tcp://HOST:PORT")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="just these models")
+    parser.add_argument("--train-only", action="store_true", help="train, do not measure")
+    return parser
+
+
+def jobs_for(args):
+    jobs = small_jobs() if args.small else default_jobs()
+    if args.only:
+        unknown = sorted(set(args.only) - {j.name for j in jobs})
+        if unknown:
+            raise ValueError(f"--only {' '.join(unknown)}: not in this sweep; choose from "
+                             f"{', '.join(j.name for j in jobs)}")
+        jobs = [j for j in jobs if j.name in args.only]
+    return jobs
+
+
+def default_root(small):
+    return pathlib.Path("runs") / ("sweep-small" if small else "sweep")
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    if args.workers < 1:
+        print("error: --workers must be at least 1", file=sys.stderr)
+        return 2
+    try:
+        jobs = jobs_for(args)
+        root = pathlib.Path(args.root) if args.root else default_root(args.small)
+        print(f"{len(jobs)} jobs into {root} ({'Dask ' + args.scheduler if args.scheduler else f'{args.workers} local processes'})")
+        run_sweep(jobs, root, args.workers, args.scheduler, measure=not args.train_only)
+    except (ValueError, RuntimeError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
