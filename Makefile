@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 RUNS ?= runs
 
-.PHONY: install test test-thorough bench train-2l train-1l help
+.PHONY: install test test-thorough bench train-2l train-1l reproduce reproduce-small help
 
 # train PRESET into RUNS/PRESET, resuming it if it is already there (a finished run is kept)
 define train
@@ -15,6 +15,8 @@ help:
 	@echo "make train-2l   train the 2-layer attention-only model, show its phase change"
 	@echo "make test       install the dev extras and run every test"
 	@echo "make bench      time training steps against PyTorch on this machine"
+	@echo "make reproduce  train every model family, write report/index.html (~1.5 h on 2 cores)"
+	@echo "make reproduce-small   the same with small models (~6 min): report-small/index.html"
 
 install:
 	$(PIP) install -q -e ".[dev]"
@@ -40,6 +42,24 @@ train-2l: install
 train-1l: install
 	$(call train,attn-only-1l)
 	$(PYTHON) -m experiments.phase_change $(RUNS)/attn-only-1l
+
+# ---- the Model Analysis Table (experiments/README in the main README) --------------------------
+# Jobs resume: an interrupted sweep started again skips what is done. SCHEDULER=tcp://HOST:8786
+# sends the jobs to a Dask cluster whose workers share this folder. The screenshot needs Chromium.
+SWEEP_FLAGS = $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+define reproduce
+	$(PYTHON) -m experiments.sweep $(1) $(SWEEP_FLAGS)
+	$(PYTHON) -m experiments.report $(1)
+	-@$(PYTHON) -c "from experiments.screenshot import find_chromium as f; exit(f() is None)" && \
+		$(PYTHON) -m experiments.screenshot $(2)/index.html || \
+		echo "(no Chromium: skipped the screenshot check; apt-get install chromium)"
+endef
+
+reproduce: install
+	$(call reproduce,,report)
+
+reproduce-small: install
+	$(call reproduce,--small,report-small)
 
 # ---- classroom exercises (exercises/README.md) -------------------------------------------
 # make exercise N=4 (or: make exercise 4) checks your exercises/ex04_*.py and says what is wrong.

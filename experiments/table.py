@@ -66,7 +66,9 @@ def loss_bump(tokens, eval_loss, window):
 
 def before_after(model):
     """The snapshots bounding the phase change (first and last when there is none) and the
-    unit before-and-after vector of random-token losses on the ablation sequences."""
+    unit before-and-after vector of random-token losses on the ablation sequences, pointing
+    from after to before: an ablation's change in loss projected onto it is positive when
+    removing the head takes the losses back toward where they were before the phase change."""
     m, tokens = model["m"], model["m"]["tokens"]
     window = model["window"]
     if window is None:
@@ -74,7 +76,7 @@ def before_after(model):
     else:
         i, j = int(np.searchsorted(tokens, window[0])), int(np.searchsorted(tokens, window[1]))
     n = m["ablation_random"].shape[-1]
-    v = m["random_loss"][j, :n].astype(float) - m["random_loss"][i, :n]
+    v = m["random_loss"][i, :n].astype(float) - m["random_loss"][j, :n]
     return i, j, v / max(np.linalg.norm(v), 1e-12)
 
 

@@ -1,0 +1,127 @@
+"""The sweep (local pool and Dask LocalCluster), its restart rules, the measurements it caches
+and the report built from them, on tiny models (seconds each)."""
+import multiprocessing
+import os
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from circuits import ablation_losses, icl_change
+from experiments import measure, report, sweep
+from experiments.screenshot import check_images
+from minitransformer.runs import Run, run_file
+
+TINY = ("total_tokens=3e4", "snapshots=4", "n_eval=12")
+JOBS = [sweep.Job("attn-only-1l", "tiny", TINY + ("n_layers=1",), "attn-only"),
+        sweep.Job("attn-only-2l", "tiny", TINY, "attn-only"),
+        sweep.Job("smeared-1l", "tiny", TINY + ("n_layers=1", "smeared_key=true"), "smeared",
+                  control="attn-only-1l")]
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory):
+    root = tmp_path_factory.mktemp("sweep")
+    return root, sweep.run_sweep(JOBS, root, workers=2, log=lambda line: None)
+
+
+def test_local_pool_trains_and_measures_every_job(swept):
+    root, lines = swept
+    assert sorted(line.split(" in ")[0] for line in lines) == sorted(
+        f"{root / j.name}: trained, measured" for j in JOBS)
+    for job in JOBS:
+        run = Run(root / job.name)
+        assert int(run.data["state.tokens"]) >= 30_000 and len(run.snapshot_steps) == 4
+        assert measure.measurement_file(run).exists()
+
+
+def test_a_second_sweep_keeps_finished_runs_and_cached_measurements(swept):
+    root, _ = swept
+    stamps = {j.name: (run_file(root / j.name).stat().st_mtime_ns,
+                       (root / j.name / "measurements.npz").stat().st_mtime_ns) for j in JOBS}
+    lines = sweep.run_sweep(JOBS, root, workers=1, log=lambda line: None)
+    assert all("finished run kept, measured" in line for line in lines)
+    for j in JOBS:
+        assert stamps[j.name] == (run_file(root / j.name).stat().st_mtime_ns,
+                                  (root / j.name / "measurements.npz").stat().st_mtime_ns)
+
+
+def test_an_interrupted_job_resumes_to_the_same_model(tmp_path):
+    job = sweep.Job("m", "tiny", ("total_tokens=6e4", "snapshots=8", "n_eval=8"))
+    sweep.run_job(job, tmp_path / "straight", measure=False, progress=False)
+    worker = multiprocessing.get_context("spawn").Process(
+        target=sweep.run_job, args=(job, str(tmp_path / "cut")), kwargs=dict(measure=False, progress=False))
+    worker.start()
+    deadline = time.time() + 60
+    while not run_file(tmp_path / "cut" / "m").exists() and time.time() < deadline:
+        time.sleep(0.05)
+    worker.kill()
+    worker.join()
+    assert int(Run(tmp_path / "cut" / "m").data["state.tokens"]) < 60_000    # stopped part way
+    assert "trained" in sweep.run_job(job, tmp_path / "cut", measure=False, progress=False)
+    a, b = Run(tmp_path / "straight" / "m").params(), Run(tmp_path / "cut" / "m").params()
+    assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_run_of_other_settings_is_never_overwritten(swept, tmp_path):
+    root, _ = swept
+    other = sweep.Job("attn-only-2l", "tiny", TINY + ("lr=1e-4",), "attn-only")
+    with pytest.raises(RuntimeError, match="attn-only-2l.*other settings \\(lr\\)"):
+        sweep.run_sweep([other], root, workers=1, log=lambda line: None)
+
+
+def test_the_same_jobs_run_on_a_dask_local_cluster(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
+        lines = sweep.run_sweep(JOBS[:2], tmp_path, scheduler=client, log=lambda line: None)
+    assert len(lines) == 2 and all("trained, measured" in line for line in lines)
+    assert all(measure.measurement_file(Run(tmp_path / j.name)).exists() for j in JOBS[:2])
+
+
+def test_measurements_agree_with_direct_computation(swept):
+    root, _ = swept
+    run = Run(root / "attn-only-2l")
+    m = measure.measure_run(run)
+    n, t = run.eval_tokens.shape
+    S, L, H = len(run.snapshot_steps), run.config.n_layers, run.config.n_heads
+    assert m["ctx_loss"].shape == (S, t - 1) and m["random_loss"].shape == (S, n)
+    assert m["prefix"].shape == m["qk_trace"].shape == (S, L, H) and np.isnan(m["qk_trace"][:, 0]).all()
+    assert m["ablation_icl"].shape[1] == L * H and m["ablation_random"].shape[1:] == (L * H, n)
+    from experiments.losses import per_token_losses
+    last = per_token_losses(run.model(), run.eval_tokens)
+    assert np.allclose(m["random_loss"][-1], last[np.arange(n), m["random_index"]], atol=1e-5)
+    groups = [g for _, g in measure.group_ablations(m["classes"])]
+    direct = icl_change(ablation_losses(run.model(), run.eval_tokens, groups))
+    assert np.allclose(m["group_icl"], direct, atol=1e-5)
+
+
+def test_measurements_are_recomputed_when_the_run_changes(swept):
+    root, _ = swept
+    run = Run(root / "attn-only-1l")
+    path = measure.measurement_file(run)
+    before = path.stat().st_mtime_ns
+    measure.measure_run(run)
+    assert path.stat().st_mtime_ns == before                        # fresh: kept
+    later = time.time() + 5
+    os.utime(run_file(run.dir), (later, later))                     # the run moved on
+    measure.measure_run(Run(run.dir))
+    assert path.stat().st_mtime_ns > before
+
+
+def test_report_has_every_figure_and_opens_offline(swept, tmp_path):
+    root, _ = swept
+    index, lines, checks = report.build(root, JOBS, tmp_path / "report", log=lambda line: None)
+    assert len(lines) == len(JOBS) and check_images(index) == []
+    page = index.read_text()
+    for name in ("attn-only_table.png", "attn-only_pca.png", "smeared_pairs.png", "smeared_table.png"):
+        assert name in page and (tmp_path / "report" / "figures" / name).stat().st_size > 1000
+    assert any("1-layer attention-only" in statement for statement, _, _ in checks)
+
+
+def test_sweep_cli_names_a_bad_model_in_one_line():
+    result = subprocess.run([sys.executable, "-m", "experiments.sweep", "--only", "nope"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nope" in result.stderr
