@@ -23,8 +23,11 @@ def _x(model):
 
 
 def _shade(ax, model):
+    """The ICL-derivative window (orange) and the prefix-matching onset (dashed)."""
     if model["window"] is not None:
         ax.axvspan(model["window"][0] / 1e6, model["window"][1] / 1e6, color="orange", alpha=0.25, lw=0)
+    if model.get("onset") is not None:
+        ax.axvline(model["onset"][0] / 1e6, color="#7b3294", lw=0.8, ls="--")
 
 
 def _head_colour(model, l, h, colour):

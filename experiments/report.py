@@ -117,7 +117,7 @@ def summary_table(models):
     return "<table>" + head + "".join(rows) + "</table>"
 
 
-def build(root, jobs, out, log=print):
+def build(root, jobs, out, log=print, colour="class"):
     """Write out/index.html and out/figures/*.png -> (path, summary lines, acceptance)."""
     out = pathlib.Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
@@ -125,8 +125,10 @@ def build(root, jobs, out, log=print):
     body = [f"<h1>In-context learning and induction heads: the Model Analysis Table</h1>",
             f"<p>Runs from <code>{html.escape(str(root))}</code>. Every figure's x axis is training "
             "tokens; the orange band is the phase-change window found from the derivative of "
-            "the ICL score. Heads: <b style='color:#d62728'>induction</b>, <b style='color:#1f77b4'>"
-            "previous-token</b>, <b style='color:#9a9a9a'>other</b> (classes at the end of training).</p>"]
+            "the ICL score, the dashed line the onset of prefix matching. " +
+            ("Heads: <b style='color:#d62728'>induction</b>, <b style='color:#1f77b4'>previous-token"
+             "</b>, <b style='color:#9a9a9a'>other</b> (classes at the end of training)." if colour == "class"
+             else "Heads coloured by layer (C0 = layer 0, C1 = layer 1, ...).") + "</p>"]
     if missing:
         body.append(f"<p class=no>Not in this report (no finished run): {html.escape(', '.join(missing))}</p>")
     lines = [table.summary_line(m) for m in models.values()]
@@ -143,7 +145,7 @@ def build(root, jobs, out, log=print):
             continue
         body.append(f"<h2>{html.escape(title)}</h2>")
         path = out / "figures" / f"{family}_table.png"
-        figures.table_figure(members, figures.ROWS, path)
+        figures.table_figure(members, figures.ROWS, path, colour=colour)
         body.append(_img(path, out, f"{family} table"))
         body += _family_extras(family, members, models, out)
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>Model Analysis Table</title>"
@@ -209,13 +211,16 @@ def main(argv=None):
     parser.add_argument("--small", action="store_true", help="the small sweep's runs")
     parser.add_argument("--root", help="the sweep's runs (default runs/sweep or runs/sweep-small)")
     parser.add_argument("--out", help="report folder (default report or report-small)")
+    parser.add_argument("--colour", choices=["class", "layer"], default="class",
+                        help="colour heads by class (induction, previous-token, other) or by layer")
     args = parser.parse_args(argv)
     root = pathlib.Path(args.root) if args.root else default_root(args.small)
     out = pathlib.Path(args.out or ("report-small" if args.small else "report"))
     try:
         if not root.is_dir():
             raise ValueError(f"{root}: no such sweep folder; run python -m experiments.sweep first")
-        path, lines, checks = build(root, small_jobs() if args.small else default_jobs(), out)
+        path, lines, checks = build(root, small_jobs() if args.small else default_jobs(), out,
+                                    colour=args.colour)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

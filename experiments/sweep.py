@@ -131,11 +131,15 @@ def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print):
     else:
         from distributed import Client, as_completed
         client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
-        futures = {client.submit(run_job, job, str(pathlib.Path(root).resolve()), measure,
-                                 key=f"sweep-{job.name}-{time.time_ns()}", pure=False): job
-                   for job in jobs}
-        for future in as_completed(list(futures)):
-            _collect(future, futures[future], lines, failures, log)
+        try:
+            futures = {client.submit(run_job, job, str(pathlib.Path(root).resolve()), measure,
+                                     key=f"sweep-{job.name}-{time.time_ns()}", pure=False): job
+                       for job in jobs}
+            for future in as_completed(list(futures)):
+                _collect(future, futures[future], lines, failures, log)
+        finally:
+            if client is not scheduler:
+                client.close()
     if failures:
         raise RuntimeError("; ".join(failures))
     return lines

@@ -75,8 +75,10 @@ def test_a_run_of_other_settings_is_never_overwritten(swept, tmp_path):
 def test_the_same_jobs_run_on_a_dask_local_cluster(tmp_path):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster) as client:
-        lines = sweep.run_sweep(JOBS[:2], tmp_path, scheduler=client, log=lambda line: None)
+                                  dashboard_address=None) as cluster:
+        # the address, as --scheduler tcp://HOST:PORT gives it
+        lines = sweep.run_sweep(JOBS[:2], tmp_path, scheduler=cluster.scheduler_address,
+                                log=lambda line: None)
     assert len(lines) == 2 and all("trained, measured" in line for line in lines)
     assert all(measure.measurement_file(Run(tmp_path / j.name)).exists() for j in JOBS[:2])
 
