@@ -68,7 +68,8 @@ def acceptance(models):
             checks.append((statement, measured(models[name]), bool(test(models[name]))))
     add("attn-only-1l", "1-layer attention-only: no phase change, no induction head, ICL flat",
         lambda m: m["window"] is None and not m["induction_heads"] and abs(m["icl"][-1]) < 0.1,
-        lambda m: f"window {m['window']}, induction heads {m['induction_heads'] or 'none'}, final ICL {m['icl'][-1]:+.3f}")
+        lambda m: f"window {_fmt_window(m['window'])}, induction heads {', '.join(m['induction_heads']) or 'none'}, "
+                  f"final ICL {m['icl'][-1]:+.3f}")
     for n in range(2, 7):
         add(f"attn-only-{n}l", f"{n}-layer attention-only: phase change, induction heads in the last layer",
             lambda m: m["window"] is not None and any(int(h.split(".")[0]) == int(m["m"]["n_layers"]) - 1
@@ -87,6 +88,11 @@ def acceptance(models):
         lambda m: f"{m['shares'].get('induction heads', float('nan')):.0%} (all other heads: "
                   f"{m['shares'].get('all other heads', float('nan')):.0%})")
     return checks
+
+
+def _pct(share):
+    """A share as a percentage; '-' where there was nothing to ablate (no such heads)."""
+    return "-" if share is None or np.isnan(share) else f"{share:.0%}"
 
 
 def _fmt_window(w):
@@ -111,8 +117,7 @@ def summary_table(models):
                  f"{m['icl_before']:+.3f}", f"{m['icl_after']:+.3f}", f"{m['icl'][-1]:+.3f}",
                  f"{m['bump']:.3f}", "-" if o is None else f"{o[0] / 1e6:.2f}M",
                  ", ".join(m["induction_heads"]) or "none",
-                 f"{m['shares'].get('induction heads', float('nan')):.0%}",
-                 f"{m['shares'].get('all other heads', float('nan')):.0%}"]
+                 _pct(m["shares"].get("induction heads")), _pct(m["shares"].get("all other heads"))]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "<table>" + head + "".join(rows) + "</table>"
 
@@ -170,7 +175,7 @@ def _family_extras(family, members, models, out):
         parts.append("<h3>Argument 3: share of the final ICL score removed by ablating heads together</h3>"
                      "<table><tr><th>model</th><th>induction heads</th><th>all other heads</th>"
                      "<th>clean ICL (ablation sequences)</th></tr>" +
-                     "".join(f"<tr><td>{n}</td><td>{a:.0%}</td><td>{b:.0%}</td><td>{c:+.3f}</td></tr>"
+                     "".join(f"<tr><td>{n}</td><td>{_pct(a)}</td><td>{_pct(b)}</td><td>{c:+.3f}</td></tr>"
                              for n, a, b, c in table.share_table(members)) + "</table>")
     if family == "attn-only":
         parts.append("<h3>Per-token loss change across the phase change (blue: easier after)</h3>")

@@ -112,7 +112,7 @@ def summary_line(model):
     where = (f"window {w[0] / 1e6:.2f}M-{w[1] / 1e6:.2f}M tokens, ICL {model['icl_before']:+.3f} -> "
              f"{model['icl_after']:+.3f}, loss bump {model['bump']:.3f}" if w else "no phase change")
     onset = model["onset"]
-    shares = ", ".join(f"{k} {v:.0%}" for k, v in model["shares"].items())
+    shares = ", ".join(f"{k} {v:.0%}" for k, v in model["shares"].items()) or "nothing"
     return (f"{model['name']:>13}: {where}; final ICL {model['icl'][-1]:+.3f}; prefix-matching "
             f"onset {'%.2fM' % (onset[0] / 1e6) if onset else 'none'}; induction heads "
             f"{', '.join(model['induction_heads']) or 'none'}; ICL removed by ablating {shares}")
