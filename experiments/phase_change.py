@@ -81,7 +81,9 @@ def analyse(run, points=40):
     rising = [(l, h, float(pm[0, l, h]), float(pm[-1, l, h]))
               for l in range(pm.shape[1]) for h in range(pm.shape[2])
               if pm[-1, l, h] - pm[0, l, h] > 0.1]
+    from .table import icl_window   # table builds on this module
     return dict(steps=steps, tokens=tokens, prefix_matching=pm, icl_steps=chosen,
+                icl_window=icl_window(chosen_tokens, icl),
                 icl_tokens=chosen_tokens, icl=icl, eval_loss=eval_loss, window=window,
                 icl_across=icl_across, rising_heads=rising,
                 repeated_first_copy=first_copy, repeated_second_copy=second_copy,
@@ -105,6 +107,9 @@ def summary_lines(run, a):
     else:
         lines.append(f"  phase change window (prefix matching 10%->90% of its rise): "
                      f"{a['window'][0] / 1e6:.2f}M -> {a['window'][1] / 1e6:.2f}M tokens")
+    if a["icl_window"] is not None:
+        lines.append(f"  ICL score's steepest fall (the Model Analysis Table's window): "
+                     f"{a['icl_window'][0] / 1e6:.2f}M -> {a['icl_window'][1] / 1e6:.2f}M tokens")
     if a["icl_across"] is not None:
         lines.append(f"  ICL score across the window (smoothed over 3 measurements): "
                      f"{a['icl_across'][0]:+.3f} -> {a['icl_across'][1]:+.3f} nats")
