@@ -14,6 +14,7 @@ from .phase_change import _moving_average, rise_window
 
 MIN_FALL = 0.05       # nats: an ICL score that falls less than this has no phase change
 RATE_FRACTION = 0.25  # the window: where the ICL score falls at >= 1/4 of its steepest rate
+NOISE_FACTOR = 2.0    # ... and falls by at least twice its measurement noise
 
 
 def icl_curve(ctx_loss, early=None, late=None, half_window=None):
@@ -29,21 +30,33 @@ def icl_curve(ctx_loss, early=None, late=None, half_window=None):
     return at(late) - at(early)
 
 
-def icl_window(tokens, icl, smooth=3, min_fall=MIN_FALL, fraction=RATE_FRACTION):
-    """The phase-change window from the derivative of the ICL score: around the steepest fall
-    of the (smoothed) score, the contiguous snapshots where it falls at >= `fraction` of that
-    rate. None when the score falls by less than min_fall over the window."""
-    y = _moving_average(icl, smooth)
-    rate = -np.diff(y) / np.diff(np.asarray(tokens, dtype=float))      # fall per token
-    if len(rate) == 0 or rate.max() <= 0:
+def icl_window(tokens, icl, near=None, min_fall=MIN_FALL, fraction=RATE_FRACTION,
+               noise_factor=NOISE_FACTOR):
+    """The phase-change window from the derivative of the ICL score: smooth the score over
+    5 snapshots (3 when there are fewer than 20); around its steepest fall, the contiguous
+    snapshots where it falls at >= `fraction` of that rate. near=(start, end) tokens, the
+    prefix-matching rise: look for the steepest fall there, widened by a tenth of training
+    either side (a deep model's early ICL score is noisy). None when the smoothed score falls
+    over the window by less than min_fall, or less than noise_factor x the measurement noise
+    (the spread of the score about its smoothed curve)."""
+    tokens = np.asarray(tokens, dtype=float)
+    icl = np.asarray(icl, dtype=float)
+    y = _moving_average(icl, 5 if len(icl) >= 20 else 3)
+    noise = float(np.std(icl - y))
+    rate = -np.diff(y) / np.diff(tokens)                                 # fall per token
+    allowed = np.ones(len(rate), bool)
+    if near is not None:
+        pad = 0.1 * (tokens[-1] - tokens[0])
+        allowed = (tokens[1:] >= near[0] - pad) & (tokens[:-1] <= near[1] + pad)
+    if not (allowed & (rate > 0)).any():
         return None
-    peak = int(np.argmax(rate))
+    peak = int(np.argmax(np.where(allowed, rate, -np.inf)))
     lo = hi = peak
     while lo > 0 and rate[lo - 1] >= fraction * rate[peak]:
         lo -= 1
     while hi < len(rate) - 1 and rate[hi + 1] >= fraction * rate[peak]:
         hi += 1
-    if y[lo] - y[hi + 1] < min_fall:
+    if y[lo] - y[hi + 1] < max(min_fall, noise_factor * noise):
         return None
     return float(tokens[lo]), float(tokens[hi + 1])
 
@@ -86,7 +99,8 @@ def analyse(model):
     tokens = m["tokens"].astype(float)
     icl = icl_curve(m["ctx_loss"])
     eval_loss = m["ctx_loss"].mean(1)
-    window = icl_window(tokens, icl)
+    onset = prefix_onset(tokens, m["prefix"], int(m["n_layers"]))
+    window = icl_window(tokens, icl, near=onset)
     smooth = _moving_average(icl, 3)
     before = after = float("nan")
     if window is not None:
@@ -95,7 +109,7 @@ def analyse(model):
     classes = m["classes"]
     induction = [f"{l}.{h}" for l, h in zip(*np.nonzero(classes == "induction"))]
     model.update(icl=icl, eval_loss=eval_loss, window=window, icl_before=before, icl_after=after,
-                 onset=prefix_onset(tokens, m["prefix"], int(m["n_layers"])),
+                 onset=onset,
                  bump=loss_bump(tokens, eval_loss, window), induction_heads=induction)
     model["ablation_tokens"] = m["tokens"][np.searchsorted(m["steps"], m["ablation_steps"])]
     i, j, u = before_after(model)

@@ -98,3 +98,20 @@ def test_coloured_text_escapes_and_colours_each_byte():
     page = coloured_text(data, np.array([1.0, 1, 1, 1, 1]), np.array([0.0, 1, 2, 1, 1]))
     assert page.count("<span") == 5 and "&lt;" in page and "<br>" in page
     assert "rgba(40,90,220,1.00)" in page and "rgba(220,50,40,1.00)" in page   # easier / harder
+
+
+def test_prefix_onset_anchors_the_window_past_an_early_noisy_dip():
+    tokens = np.linspace(0, 6e6, 50)
+    icl = _step_curve(tokens, 4e6, 0.3)
+    icl[8:11] -= [0.3, 0.6, 0.3]                                    # an early dip, then back
+    assert table.icl_window(tokens, icl)[1] < 2e6                   # alone: the dip wins
+    window = table.icl_window(tokens, icl, near=(3.8e6, 4.3e6))
+    assert window[0] < 4e6 < window[1]
+
+
+def test_noise_alone_is_no_phase_change():
+    tokens = np.linspace(0, 6e6, 50)
+    for seed in range(20):
+        noisy = np.random.default_rng(seed).normal(0, 0.05, 50)     # falls of 0.1 happen by chance
+        assert table.icl_window(tokens, noisy) is None, seed
+    assert table.icl_window(tokens, _step_curve(tokens, 3e6, 0.4, noise=0.05)) is not None
