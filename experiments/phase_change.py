@@ -83,7 +83,7 @@ def analyse(run, points=40):
               if pm[-1, l, h] - pm[0, l, h] > 0.1]
     from .table import icl_window   # table builds on this module
     return dict(steps=steps, tokens=tokens, prefix_matching=pm, icl_steps=chosen,
-                icl_window=icl_window(chosen_tokens, icl),
+                icl_window=icl_window(chosen_tokens, icl, near=window),
                 icl_tokens=chosen_tokens, icl=icl, eval_loss=eval_loss, window=window,
                 icl_across=icl_across, rising_heads=rising,
                 repeated_first_copy=first_copy, repeated_second_copy=second_copy,
