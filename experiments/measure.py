@@ -48,7 +48,9 @@ def random_positions(n_examples, n_positions, seed=0):
     return np.random.default_rng(seed).integers(0, n_positions, n_examples)
 
 
-def _fresh(run, path):
+def cached_measurements(run, path=None):
+    """The cached measurements of `run` if they are fresh, else None."""
+    path = path or measurement_file(run)
     if not path.exists() or path.stat().st_mtime < run_file(run.dir).stat().st_mtime:
         return None
     cached = read_npz(path)
@@ -79,7 +81,7 @@ def group_ablations(classes):
 def measure_run(run, log=None, force=False):
     """-> the measurements dict of `run`, from the cache or computed (and cached)."""
     path = measurement_file(run)
-    cached = None if force else _fresh(run, path)
+    cached = None if force else cached_measurements(run, path)
     if cached is not None:
         return cached
     start = time.time()

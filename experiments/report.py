@@ -15,11 +15,11 @@ import sys
 import numpy as np
 
 from minitransformer.io import atomic_write_text
-from minitransformer.runs import Run, run_file
+from minitransformer.runs import Run
 
 from . import figures, table
-from .measure import measure_run
-from .sweep import default_jobs, default_root, small_jobs
+from .measure import cached_measurements, measure_run
+from .sweep import default_jobs, default_root, finished, small_jobs
 
 FAMILY_TITLES = {"attn-only": "Attention-only models, 1-6 layers",
                  "mlp": "Models with MLPs, 1-6 layers",
@@ -27,17 +27,22 @@ FAMILY_TITLES = {"attn-only": "Attention-only models, 1-6 layers",
                  "template": "Template corpus (Argument 4)"}
 
 
-def load(root, jobs, log=print):
-    """-> ({name: model dict}, [names of jobs without a finished run])."""
+def load(root, jobs, log=print, measure=True):
+    """-> ({name: model dict}, [names of jobs without a finished run]). measure=False: leave
+    out runs not measured yet instead of measuring them (a sweep may be doing it now)."""
     models, missing = {}, []
     for job in jobs:
         path = pathlib.Path(root) / job.name
-        if not run_file(path).exists():
+        if not finished(path, *job.configs()):
             missing.append(job.name)
             continue
         run = Run(path)
+        m = measure_run(run, log=log) if measure else cached_measurements(run)
+        if m is None:
+            missing.append(job.name)
+            continue
         models[job.name] = table.analyse(dict(name=job.name, family=job.family, control=job.control,
-                                              run=run, m=measure_run(run, log=log)))
+                                              run=run, m=m))
     return models, missing
 
 
@@ -122,11 +127,11 @@ def summary_table(models):
     return "<table>" + head + "".join(rows) + "</table>"
 
 
-def build(root, jobs, out, log=print, colour="class"):
+def build(root, jobs, out, log=print, colour="class", measure=True):
     """Write out/index.html and out/figures/*.png -> (path, summary lines, acceptance)."""
     out = pathlib.Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    models, missing = load(root, jobs, log)
+    models, missing = load(root, jobs, log, measure)
     body = [f"<h1>In-context learning and induction heads: the Model Analysis Table</h1>",
             f"<p>Runs from <code>{html.escape(str(root))}</code>. Every figure's x axis is training "
             "tokens; the orange band is the phase-change window found from the derivative of "
@@ -135,7 +140,7 @@ def build(root, jobs, out, log=print, colour="class"):
              "</b>, <b style='color:#9a9a9a'>other</b> (classes at the end of training)." if colour == "class"
              else "Heads coloured by layer (C0 = layer 0, C1 = layer 1, ...).") + "</p>"]
     if missing:
-        body.append(f"<p class=no>Not in this report (no finished run): {html.escape(', '.join(missing))}</p>")
+        body.append(f"<p class=no>Not in this report (not trained or not measured yet): {html.escape(', '.join(missing))}</p>")
     lines = [table.summary_line(m) for m in models.values()]
     checks = acceptance(models)
     body += ["<h2>Summary</h2>", summary_table(list(models.values())), "<h2>Acceptance checks</h2><table>"]
@@ -218,6 +223,8 @@ def main(argv=None):
     parser.add_argument("--out", help="report folder (default report or report-small)")
     parser.add_argument("--colour", choices=["class", "layer"], default="class",
                         help="colour heads by class (induction, previous-token, other) or by layer")
+    parser.add_argument("--cached-only", action="store_true",
+                        help="leave out runs not measured yet (while a sweep is running)")
     args = parser.parse_args(argv)
     root = pathlib.Path(args.root) if args.root else default_root(args.small)
     out = pathlib.Path(args.out or ("report-small" if args.small else "report"))
@@ -225,7 +232,7 @@ def main(argv=None):
         if not root.is_dir():
             raise ValueError(f"{root}: no such sweep folder; run python -m experiments.sweep first")
         path, lines, checks = build(root, small_jobs() if args.small else default_jobs(), out,
-                                    colour=args.colour)
+                                    colour=args.colour, measure=not args.cached_only)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
