@@ -58,9 +58,13 @@ def row_loss(ax, model, colour=None):
 def _heatmap(ax, model, values, cmap, centred=False):
     n = values.shape[1]
     index = np.arange(1, n + 1)
-    lim = np.nanpercentile(np.abs(values), 98) if centred else None
-    ax.pcolormesh(_x(model), index, values.T, cmap=cmap, shading="nearest",
-                  vmin=-lim if centred else None, vmax=lim if centred else None)
+    later = values[1:] if len(values) > 1 else values     # the untrained model would set the scale
+    if centred:
+        lim = np.nanpercentile(np.abs(later), 98)
+        vmin, vmax = -lim, lim
+    else:
+        vmin, vmax = np.nanpercentile(later, [1, 99])
+    ax.pcolormesh(_x(model), index, values.T, cmap=cmap, shading="nearest", vmin=vmin, vmax=vmax)
     ax.set_yscale("log")
 
 
@@ -135,8 +139,8 @@ ROWS = [("loss", "loss (nats)", row_loss),
         ("ablation_before_after", "ablation: onto before-and-after", row_ablation_before_after)]
 
 
-def save(fig, path):
-    fig.tight_layout()
+def save(fig, path, rect=(0, 0, 1, 1)):
+    fig.tight_layout(rect=rect)
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=80))
     plt.close(fig)
 
@@ -162,8 +166,8 @@ def table_figure(models, rows, path, colour="class"):
             axes[r, -1].legend(fontsize=6, title="late - early", title_fontsize=6)
     if colour == "class" and any(k in ("prefix", "qk_trace") for k, _, _ in rows):
         handles = [plt.Line2D([], [], color=c, label=k) for k, c in CLASS_COLOURS.items()]
-        fig.legend(handles=handles, loc="upper right", fontsize=7, ncol=3)
-    save(fig, path)
+        fig.legend(handles=handles, loc="lower center", fontsize=8, ncol=3)
+    save(fig, path, rect=(0, 0.015, 1, 1))
 
 
 def pca_figure(models, coords, ratio, path):
