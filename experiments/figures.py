@@ -194,7 +194,7 @@ def loss_derivative_figure(models, path):
         t = model["m"]["tokens"][1:].astype(float)
         loss = np.asarray(model["eval_loss"][1:], dtype=float)
         slope = np.gradient(loss, np.log(t))
-        ax.plot(t / 1e6, np.convolve(slope, np.ones(3) / 3, "same"), color=f"C{k}", label=model["name"])
+        ax.plot(t / 1e6, np.convolve(slope, np.ones(5) / 5, "same"), color=f"C{k}", label=model["name"])
     ax.set_xscale("log")
     ax.set_xlabel("training tokens (M, log)")
     ax.set_ylabel("dLoss / d ln(tokens)")

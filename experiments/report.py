@@ -95,6 +95,10 @@ def acceptance(models):
     return checks
 
 
+def _num(x, spec):
+    return "-" if np.isnan(x) else format(x, spec)
+
+
 def _pct(share):
     """A share as a percentage; '-' where there was nothing to ablate (no such heads)."""
     return "-" if share is None or np.isnan(share) else f"{share:.0%}"
@@ -119,8 +123,8 @@ def summary_table(models):
     for m in models:
         w, o = m["window"], m["onset"]
         cells = [m["name"], "-" if w is None else f"{w[0] / 1e6:.2f} - {w[1] / 1e6:.2f}",
-                 f"{m['icl_before']:+.3f}", f"{m['icl_after']:+.3f}", f"{m['icl'][-1]:+.3f}",
-                 f"{m['bump']:.3f}", "-" if o is None else f"{o[0] / 1e6:.2f}M",
+                 _num(m["icl_before"], "+.3f"), _num(m["icl_after"], "+.3f"), f"{m['icl'][-1]:+.3f}",
+                 _num(m["bump"], ".3f"), "-" if o is None else f"{o[0] / 1e6:.2f}M",
                  ", ".join(m["induction_heads"]) or "none",
                  _pct(m["shares"].get("induction heads")), _pct(m["shares"].get("all other heads"))]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
