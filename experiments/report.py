@@ -205,19 +205,27 @@ def _family_extras(family, members, models, out):
             figures.pair_figure(pairs, path)
             parts += ["<h3>Each smeared-key model (solid) beside its control (dashed)</h3>", _img(path, out, "pairs")]
     if family == "template":
-        for m in members:
-            heads = [tuple(int(x) for x in h.split(".")) for h in m["induction_heads"]]
-            if not heads:
-                parts.append(f"<p>{m['name']}: no head scores as an induction head on random tokens.</p>")
-                continue
-            shares, uniform, count = table.template_attention(m["run"], heads)
-            rows = "".join(f"<tr><td>{l}.{h}</td><td>{a:.0%}</td><td>{b:.0%}</td></tr>"
-                           for (l, h), (a, b) in shares.items())
-            parts.append(f"<p>{m['name']}: attention to earlier lines of the same category, over {count} "
-                         f"lines that have one (uniform attention would give {uniform[0]:.0%} from ':' and "
-                         f"{uniform[1]:.0%} from ': ').</p><table><tr><th>induction head</th><th>from ':'</th>"
-                         f"<th>from ': ' (predicts the word)</th></tr>{rows}</table>")
+        # the template model, and the stdlib-trained 2-layer model read on the same documents
+        # (the paper's setting: a model trained on ordinary text)
+        readers = members + [models[n] for n in ("attn-only-2l",) if n in models]
+        for m in readers:
+            parts.append(_template_table(m))
     return parts
+
+
+def _template_table(m):
+    """Argument 4: every head's share of attention to earlier same-category lines (layer 0
+    too: a 1-layer model has only it), the induction heads marked."""
+    classes = m["m"]["classes"]
+    heads = [(l, h) for l in range(classes.shape[0]) for h in range(classes.shape[1])]
+    shares, uniform, count = table.template_attention(m["run"], heads)
+    rows = "".join(f"<tr><td>{l}.{h}</td><td>{html.escape(str(classes[l, h]))}</td><td>{a:.0%}</td>"
+                   f"<td>{b:.0%}</td></tr>" for (l, h), (a, b) in shares.items())
+    return (f"<p>{m['name']}: share of attention to earlier lines of the same category in the same "
+            f"document, over {count} template lines that have one (uniform attention would give "
+            f"{uniform[0]:.0%} from ':' and {uniform[1]:.0%} from ': ').</p><table><tr><th>head</th>"
+            f"<th>class (random tokens)</th><th>from ':'</th><th>from ': ' (predicts the word)</th>"
+            f"</tr>{rows}</table>")
 
 
 def main(argv=None):
