@@ -13,6 +13,7 @@ import numpy as np  # noqa: E402
 
 from minitransformer.io import atomic_write  # noqa: E402
 
+from .phase_change import _moving_average  # noqa: E402
 from .table import icl_curve  # noqa: E402
 
 CLASS_COLOURS = {"induction": "#d62728", "previous-token": "#1f77b4", "other": "#9a9a9a"}
@@ -194,7 +195,7 @@ def loss_derivative_figure(models, path):
         t = model["m"]["tokens"][1:].astype(float)
         loss = np.asarray(model["eval_loss"][1:], dtype=float)
         slope = np.gradient(loss, np.log(t))
-        ax.plot(t / 1e6, np.convolve(slope, np.ones(5) / 5, "same"), color=f"C{k}", label=model["name"])
+        ax.plot(t / 1e6, _moving_average(slope, 5), color=f"C{k}", label=model["name"])
     ax.set_xscale("log")
     ax.set_xlabel("training tokens (M, log)")
     ax.set_ylabel("dLoss / d ln(tokens)")
