@@ -1,5 +1,7 @@
 """Every op's backward against central finite differences: float64, random upstream
 gradients, bounded inputs, ill-conditioned draws rejected with assume."""
+import math
+
 import numpy as np
 from hypothesis import assume, given, strategies as st
 
@@ -50,6 +52,15 @@ def test_mlp_backward(seed, act, B, T, D, M):
     for name, analytic, wrt in zip(("dx", "dW_in", "db_in", "dW_out", "db_out"), grads,
                                    (x, W_in, b_in, W_out, b_out)):
         assert_grad_close(analytic, numerical_grad(f, wrt, dout), name)
+
+
+@given(seed=seeds, dtype=st.sampled_from([np.float32, np.float64]), n=st.integers(1, 300))
+def test_gelu_new_in_place_is_the_formula_to_the_bit(seed, dtype, n):
+    x = rand(np.random.default_rng(seed), n, scale=6).astype(dtype)
+    t = np.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x * x * x))   # Python floats: x keeps its dtype
+    out, (_, cached) = ops.gelu_new_forward(x)
+    assert out.dtype == dtype and np.array_equal(cached, t)
+    assert np.array_equal(out, 0.5 * x * (1.0 + t))
 
 
 @given(seed=seeds, B=small, T=small, V=st.integers(2, 7), D=small)

@@ -1,9 +1,11 @@
 """The sweep (local pool and Dask LocalCluster), its restart rules, the measurements it caches
 and the report built from them, on tiny models (seconds each)."""
+import fcntl
 import multiprocessing
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
@@ -63,6 +65,21 @@ def test_an_interrupted_job_resumes_to_the_same_model(tmp_path):
     assert "trained" in sweep.run_job(job, tmp_path / "cut", measure=False, progress=False)
     a, b = Run(tmp_path / "straight" / "m").params(), Run(tmp_path / "cut" / "m").params()
     assert all(np.array_equal(a[k], b[k]) for k in a)
+
+
+def test_a_second_process_waits_for_the_job_another_one_holds(tmp_path):
+    job = sweep.Job("m", "tiny", ("total_tokens=2e4", "snapshots=2", "n_eval=8"))
+    lines = []
+    with open(tmp_path / ".m.lock", "w") as held:      # as another sweep's job would hold it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        worker = threading.Thread(target=lambda: lines.append(
+            sweep.run_job(job, tmp_path, measure=False, progress=False)))
+        worker.start()
+        worker.join(1.0)
+        assert worker.is_alive() and not run_file(tmp_path / "m").exists()
+    worker.join(60)
+    assert lines and "trained" in lines[0] and run_file(tmp_path / "m").exists()
+    assert "finished run kept" in sweep.run_job(job, tmp_path, measure=False, progress=False)
 
 
 def test_a_run_of_other_settings_is_never_overwritten(swept, tmp_path):

@@ -9,8 +9,17 @@ _C = math.sqrt(2.0 / math.pi)
 
 def gelu_new_forward(x):
     """GPT-2's GELU, tanh form (TransformerLens 'gelu_new'): x (...) -> out (...), cache."""
-    t = array_module(x).tanh(_C * (x + 0.044715 * x * x * x))
-    return 0.5 * x * (1.0 + t), (x, t)
+    # the readable form is 0.5 x (1 + tanh(C (x + 0.044715 x^3))); computed in place, in
+    # the same order (so to the same bits), it makes 3 arrays of x's size instead of 9
+    t = 0.044715 * x
+    t *= x
+    t *= x
+    t += x
+    t *= _C
+    array_module(x).tanh(t, out=t)
+    out = t + 1.0
+    out *= 0.5 * x
+    return out, (x, t)
 
 
 def gelu_new_backward(dout, cache):
