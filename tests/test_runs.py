@@ -5,13 +5,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
-import zipfile
 
 import numpy as np
 import pytest
 
 import minitransformer
+from minitransformer.io import KILL_AT
 from minitransformer.presets import preset
 from minitransformer.runs import Run, read_npz, save_npz
 from minitransformer.train import main, snapshot_schedule, train
@@ -56,24 +55,39 @@ def _command(out, *extra):
             "--quiet", "total_tokens=120000", "snapshots=12", *extra]
 
 
-def test_resume_after_kill_is_bit_identical(tmp_path):
-    """Kill a run at a random moment (maybe mid-write), resume it: it ends exactly where a
-    run never interrupted ends."""
-    whole, killed = tmp_path / "whole", tmp_path / "killed"
+# Where the kill test kills a run (tiny, total_tokens=120000: 469 steps, snapshots at
+# 0, 43, 85, 128, 171, 213, ..., 469; run.npz is written after each snapshot)
+KILL_POINTS = {"mid-snapshot": "step_0000213.npz:mid-write",
+               "mid-run.npz": "run.npz#7:mid-write",
+               "after-the-end": "run.npz#12:after-rename"}
+
+
+@pytest.fixture(scope="module")
+def whole_run(tmp_path_factory):
+    whole = tmp_path_factory.mktemp("whole") / "whole"
     subprocess.run(_command(whole), check=True, timeout=300)
-    process = subprocess.Popen(_command(killed))
-    deadline = time.time() + 120
-    while not (killed / "run.npz").exists() and time.time() < deadline:
-        time.sleep(0.01)
-    time.sleep(np.random.default_rng().uniform(0.0, 1.5))   # somewhere later, maybe mid-write
-    process.send_signal(signal.SIGKILL)
-    assert process.wait() == -signal.SIGKILL, "the run finished before it could be killed"
-    assert int(read_npz(killed / "run.npz")["state.step"]) < 469
+    return whole
+
+
+@pytest.mark.parametrize("point", KILL_POINTS.values(), ids=KILL_POINTS.keys())
+def test_resume_after_kill_is_bit_identical(whole_run, tmp_path, point):
+    """Kill a run at a chosen point (the writer kills itself there, see minitransformer.io),
+    resume it: it ends exactly where a run never interrupted ends, snapshots included."""
+    killed = tmp_path / "killed"
+    env = dict(os.environ, **{KILL_AT: point})
+    assert subprocess.run(_command(killed), env=env, timeout=300).returncode == -signal.SIGKILL
+    torn = list(killed.rglob("*.tmp"))
+    assert len(torn) == (1 if "mid-write" in point else 0)
     subprocess.run(_command(killed, "--resume"), check=True, timeout=300)
-    a, b = read_npz(whole / "run.npz"), read_npz(killed / "run.npz")
-    for key in a:
-        if key != "log.seconds" and key != "train_config":
-            assert np.array_equal(a[key], b[key]), key
+    for name in ["run.npz"] + sorted(p.name for p in (whole_run / "snapshots").iterdir()):
+        folder = "" if name == "run.npz" else "snapshots"
+        a, b = read_npz(whole_run / folder / name), read_npz(killed / folder / name)
+        assert sorted(a) == sorted(b), name
+        for key in a:
+            if key != "log.seconds":
+                assert np.array_equal(a[key], b[key]), (name, key)
+    assert sorted(p.name for p in (killed / "snapshots").iterdir()) == \
+        sorted(p.name for p in (whole_run / "snapshots").iterdir())
     assert not list(killed.rglob("*.tmp"))
 
 
