@@ -12,8 +12,6 @@ Starting an interrupted sweep again skips everything already done.
 """
 import argparse
 import concurrent.futures
-import contextlib
-import fcntl
 import multiprocessing
 import os
 import pathlib
@@ -23,7 +21,7 @@ from dataclasses import dataclass
 
 from circuits.threads import blas_threads
 from minitransformer.presets import apply_overrides, preset
-from minitransformer.runs import Run, run_file
+from minitransformer.runs import Run, run_file, run_lock
 from minitransformer.train import train
 
 
@@ -76,40 +74,24 @@ def small_jobs():
 
 
 def finished(out, model, train_config):
-    """True if out holds a finished run of exactly these settings; a one-line error if it
-    holds a run of other settings (a sweep never overwrites one)."""
+    """True if out holds a finished run of exactly these settings (every setting that defines
+    a run, defaults included); a one-line error if it holds a run of other settings (a sweep
+    never overwrites one)."""
     if not run_file(out).exists():
         return False
     run = Run(out)
-    want = {**model, **train_config}
-    have = {**run.config.to_dict(), **run.train_config}
-    differ = sorted(k for k in want if k in have and have[k] != want[k] and k != "device")
+    differ = run.differing_settings(model, train_config)
     if differ:
-        raise ValueError(f"{out}: holds a run with other settings ({', '.join(differ)}); "
+        raise ValueError(f"{out}: holds a run with other settings ({'; '.join(differ)}); "
                          f"move it away or choose another --root")
     return int(run.data["state.tokens"]) >= train_config["total_tokens"]
-
-
-@contextlib.contextmanager
-def job_lock(out, log=print):
-    """Hold <root>/.<name>.lock (flock) while a job works on `out`: a second sweep on the same
-    root waits for the first one's job and then finds it done, instead of training the same
-    run beside it. The OS drops the lock of a process that dies."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out.parent / f".{out.name}.lock", "w") as lock:
-        try:
-            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            log(f"{out}: another process is working on it ({lock.name}); waiting for it")
-            fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
 
 
 def run_job(job, root, measure=True, progress=True):
     """Train (or resume, or skip) one job's model, then measure it -> a short status line."""
     start = time.time()
     out = pathlib.Path(root) / job.name
-    with job_lock(out, log=lambda line: print(line, flush=True)), blas_threads(1):
+    with run_lock(out, log=lambda line: print(line, flush=True)), blas_threads(1):
         model, train_config = job.configs()
         trained = "finished run kept"
         if not finished(out, model, train_config):

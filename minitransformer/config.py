@@ -5,6 +5,7 @@ config reads the same in both; `smeared_key` is ours (paper, Argument 2).
 """
 from dataclasses import dataclass, fields, asdict
 import math
+import numbers
 
 POSITIONAL_TYPES = ("shortformer", "standard", "none")
 NORMALIZATION_TYPES = ("LN", None)
@@ -48,19 +49,19 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "n_ctx", "d_vocab"):
-            _check_positive_int(name, getattr(self, name))
+            setattr(self, name, _positive_int(name, getattr(self, name)))
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 raise ValueError(f"d_head: not given and d_model={self.d_model} is not divisible "
                                  f"by n_heads={self.n_heads}; give d_head explicitly")
             self.d_head = self.d_model // self.n_heads
-        _check_positive_int("d_head", self.d_head)
+        self.d_head = _positive_int("d_head", self.d_head)
         if self.attn_only:
             self.d_mlp = None
         else:
             if self.d_mlp is None:
                 self.d_mlp = 4 * self.d_model
-            _check_positive_int("d_mlp", self.d_mlp)
+            self.d_mlp = _positive_int("d_mlp", self.d_mlp)
         if self.act_fn not in ACT_FNS:
             raise ValueError(f"act_fn: {self.act_fn!r} is not one of {ACT_FNS}")
         if self.normalization_type not in NORMALIZATION_TYPES:
@@ -78,8 +79,9 @@ class ModelConfig:
             self.initializer_range = 0.8 / math.sqrt(self.d_model)
         for name in ("initializer_range", "pos_scale"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < math.inf:
                 raise ValueError(f"{name}: must be a positive number, got {value!r}")
+            setattr(self, name, float(value))
 
     @classmethod
     def from_dict(cls, values):
@@ -96,6 +98,8 @@ class ModelConfig:
         return asdict(self)
 
 
-def _check_positive_int(name, value):
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+def _positive_int(name, value):
+    """value as an int (numpy integers too), or a one-line error naming the field."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
         raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+    return int(value)

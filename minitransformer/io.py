@@ -27,6 +27,12 @@ def _kill_if_asked(path, point, f=None):
         os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path, write):
     """Call write(file_object) on a temp file beside `path`, fsync, then rename onto `path`."""
     path = os.fspath(path)
@@ -35,6 +41,7 @@ def atomic_write(path, write):
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     _writes[os.path.basename(path)] += 1
     try:
+        os.fchmod(fd, 0o666 & ~_umask())   # mkstemp's 0600 -> what open() would have given
         with os.fdopen(fd, "wb") as f:
             write(f)
             _kill_if_asked(path, "mid-write", f)

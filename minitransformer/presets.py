@@ -7,9 +7,15 @@ batch 8 x 256 byte tokens of Python standard-library source, of which half of th
 windows are replaced by repeated random tokens (synthetic_fraction=0.5). Presets named
 *-plain train on the plain corpus with the reference replication's recipe instead.
 """
+import math
+import numbers
 from dataclasses import asdict, dataclass, fields
 
 from .config import ModelConfig
+
+INT_FIELDS = ("batch_size", "total_tokens", "warmup_steps", "seed", "eval_seed", "n_eval", "snapshots")
+FLOAT_FIELDS = ("repeat_fraction", "synthetic_fraction", "lr", "weight_decay", "beta1", "beta2",
+                "grad_clip")
 
 
 @dataclass
@@ -35,9 +41,19 @@ class TrainConfig:
     device: str = "cpu"
 
     def __post_init__(self):
-        checks = {"batch_size": self.batch_size >= 1, "repeat_fraction": 0 <= self.repeat_fraction <= 1,
+        for name in INT_FIELDS + FLOAT_FIELDS:   # typed first, so the checks below compare numbers
+            value = getattr(self, name)
+            kind = numbers.Integral if name in INT_FIELDS else numbers.Real
+            if isinstance(value, bool) or not isinstance(value, kind) or (
+                    kind is numbers.Real and not math.isfinite(value)):
+                expected = "an integer" if kind is numbers.Integral else "a number"
+                raise ValueError(f"{name}: expected {expected}, got {value!r}")
+            setattr(self, name, int(value) if kind is numbers.Integral else float(value))
+        checks = {"corpus": isinstance(self.corpus, str), "seed": 0 <= self.seed < 2**63,
+                  "eval_seed": 0 <= self.eval_seed < 2**63, "batch_size": self.batch_size >= 1,
+                  "repeat_fraction": 0 <= self.repeat_fraction <= 1,
                   "synthetic_fraction": 0 <= self.synthetic_fraction <= 1,
-                  "total_tokens": self.total_tokens >= 1,
+                  "total_tokens": 1 <= self.total_tokens <= 2**53,
                   "lr": self.lr > 0, "warmup_steps": self.warmup_steps >= 0,
                   "schedule": self.schedule in ("constant", "cosine"),
                   "weight_decay": self.weight_decay >= 0, "beta1": 0 <= self.beta1 < 1,
@@ -110,7 +126,7 @@ def _parse(text, example, key):
         if isinstance(example, kind) or example is None:
             try:
                 return kind(float(text)) if kind is int and "e" in low else kind(text)
-            except ValueError:
+            except (ValueError, OverflowError):
                 if example is not None:
                     raise ValueError(f"{key}={text}: expected {kind.__name__}") from None
     return text

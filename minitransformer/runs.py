@@ -11,20 +11,23 @@ Rules: every file is written to a temporary name and renamed; numpy.load(allow_p
 only; a missing key, a wrong shape or an unknown format version is a one-line ValueError
 naming the file and the key.
 """
-import io
+import contextlib
+import fcntl
 import json
 import os
 import pathlib
-import zipfile
+from dataclasses import fields
 
 import numpy as np
 
 from .config import ModelConfig
-from .io import atomic_write
+from .npz import Archive, one_line, read_npz, save_npz  # noqa: F401 (read_npz, save_npz re-exported)
 from .params import param_shapes
+from .presets import TrainConfig
 
 FORMAT_VERSION = 1
 RUN_FILE = "run.npz"
+LOG_KEYS = ("step", "tokens", "loss", "lr", "grad_norm", "seconds")
 
 
 def run_file(path):
@@ -39,92 +42,116 @@ def snapshot_file(run_dir, step):
     return pathlib.Path(run_dir) / "snapshots" / f"step_{step:07d}.npz"
 
 
-def save_npz(path, arrays):
-    """Write {key: array} to `path` atomically (uncompressed .npz)."""
-    def write(f):
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        f.write(buffer.getvalue())
-    atomic_write(path, write)
-
-
-def read_npz(path):
-    """{key: array} from an .npz, without pickle; a one-line error for anything else."""
-    path = pathlib.Path(path)
-    if not path.exists():
-        raise ValueError(f"{path}: no such file")
-    if not zipfile.is_zipfile(path):
-        raise ValueError(f"{path}: not a readable .npz (not a zip archive: corrupt or truncated)")
+def _json(archive, key, kind=dict):
+    """A JSON text member, parsed, of the given Python type."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            return {k: archive[k] for k in archive.files}
-    except (zipfile.BadZipFile, EOFError, OSError) as e:
-        raise ValueError(f"{path}: not a readable .npz (corrupt or truncated: {e})") from None
-    except ValueError as e:
-        if "pickle" in str(e):
-            raise ValueError(f"{path}: holds pickled (object) arrays, which are never loaded") from None
-        raise ValueError(f"{path}: unreadable ({e})") from None
+        value = json.loads(archive.text(key))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{archive.path}: key {key!r} is not valid JSON ({e})") from None
+    if not isinstance(value, kind):
+        raise ValueError(f"{archive.path}: key {key!r} is a JSON {type(value).__name__}, "
+                         f"expected a {kind.__name__}")
+    return value
 
 
-def _text(value):
-    return np.array(json.dumps(value))
+def _config(archive, key, cls):
+    """A config dataclass from a JSON member that must name every field."""
+    values = _json(archive, key)
+    names = [f.name for f in fields(cls)]
+    unknown, missing = sorted(set(values) - set(names)), [n for n in names if n not in values]
+    if unknown or missing:
+        raise ValueError(f"{archive.path}: key {key!r} " + (f"has unknown field {unknown[0]!r}"
+                         if unknown else f"lacks field {missing[0]!r}"))
+    try:
+        return cls(**values)
+    except (ValueError, TypeError) as e:
+        raise ValueError(f"{archive.path}: key {key!r} is invalid: {one_line(e)}") from None
+
+
+def _weights(archive, cfg, prefix):
+    """{name: array} of the members prefix+name present, each of its parameter's shape, real
+    and finite."""
+    arrays = {}
+    for name, shape in param_shapes(cfg).items():
+        if prefix + name in archive.keys or prefix == "param.":
+            value = archive.read(prefix + name, shape=shape, kinds="f")
+            if not np.isfinite(value).all():
+                raise ValueError(f"{archive.path}: key {prefix + name!r} holds NaN or infinite "
+                                 f"values (did the training diverge?)")
+            arrays[name] = value
+    return arrays
 
 
 class Run:
-    """A run on disk, read once; snapshots are read lazily, one file each, when asked for."""
+    """A run on disk: only the members the format defines are read, each checked against
+    the config before its data is; snapshots are read lazily, one file each, when asked for."""
 
     def __init__(self, path):
         self.path = run_file(path)
         self.dir = self.path.parent
-        self.data = read_npz(self.path)
-        version = int(self._get("format_version"))
+        with Archive(self.path) as archive:
+            self._read(archive)
+
+    def _read(self, archive):
+        version = archive.integer("format_version")
         if version != FORMAT_VERSION:
             raise ValueError(f"{self.path}: key 'format_version' is {version}; this code reads "
                              f"version {FORMAT_VERSION}")
+        self.config = cfg = _config(archive, "model_config", ModelConfig)
+        self.train_config = tc = _config(archive, "train_config", TrainConfig)
+        self.corpus = _json(archive, "corpus")
+        if not all(isinstance(self.corpus.get(k), str) for k in ("name", "sha256")):
+            raise ValueError(f"{self.path}: key 'corpus' must hold a name and a sha256 (strings)")
+        step = archive.integer("state.step")
+        data = {"format_version": version, "state.step": step,
+                "state.tokens": archive.integer("state.tokens"),
+                "optim.step": archive.integer("optim.step"),
+                "eval_tokens": archive.read("eval_tokens", (tc.n_eval, cfg.n_ctx), "iu"),
+                "token_counts": archive.read("token_counts", (cfg.d_vocab,), "iu"),
+                "snapshot.steps": archive.read("snapshot.steps", (None,), "iu").astype(np.int64)}
+        data["snapshot.tokens"] = archive.read("snapshot.tokens", data["snapshot.steps"].shape, "iu")
+        data.update({"log." + k: archive.read("log." + k, (step,)) for k in LOG_KEYS})
+        self.rng_state = _json(archive, "state.rng")
         try:
-            self.config = ModelConfig.from_dict(json.loads(str(self._get("model_config"))))
-        except (ValueError, TypeError) as e:
-            raise ValueError(f"{self.path}: key 'model_config' is invalid: {e}") from None
-        self.train_config = json.loads(str(self._get("train_config")))
-        self.corpus = json.loads(str(self._get("corpus")))
-        self.eval_tokens = self._get("eval_tokens", ndim=2)
-        if self.eval_tokens.shape[1] != self.config.n_ctx:
-            raise ValueError(f"{self.path}: key 'eval_tokens' has shape {self.eval_tokens.shape}, "
-                             f"expected (N, {self.config.n_ctx})")
-        self.token_counts = self._get("token_counts", shape=(self.config.d_vocab,))
-        self.snapshot_steps = self._get("snapshot.steps", ndim=1).astype(np.int64)
-        self.snapshot_tokens = self._get("snapshot.tokens", shape=self.snapshot_steps.shape)
-        self.log = {k[4:]: v for k, v in self.data.items() if k.startswith("log.")}
-
-    def _get(self, key, ndim=None, shape=None):
-        if key not in self.data:
-            raise ValueError(f"{self.path}: missing key {key!r}")
-        value = self.data[key]
-        if (ndim is not None and value.ndim != ndim) or (shape is not None and value.shape != shape):
-            raise ValueError(f"{self.path}: key {key!r} has shape {value.shape}, expected "
-                             f"{shape if shape is not None else f'{ndim} dimensions'}")
-        return value
+            np.random.PCG64().state = self.rng_state
+        except (ValueError, TypeError, KeyError) as e:
+            raise ValueError(f"{self.path}: key 'state.rng' is not a generator state "
+                             f"({one_line(e)})") from None
+        self.eval_tokens, self.token_counts = data["eval_tokens"], data["token_counts"]
+        if self.eval_tokens.size and self.eval_tokens.max() >= cfg.d_vocab:
+            raise ValueError(f"{self.path}: key 'eval_tokens' holds token {self.eval_tokens.max()}"
+                             f", outside the model's d_vocab={cfg.d_vocab}")
+        self.snapshot_steps, self.snapshot_tokens = data["snapshot.steps"], data["snapshot.tokens"]
+        steps = self.snapshot_steps
+        if len(steps) == 0 or np.any(np.diff(steps) <= 0) or steps[0] < 0 or steps[-1] > step:
+            raise ValueError(f"{self.path}: key 'snapshot.steps' must rise from 0 to at most "
+                             f"state.step={step}")
+        self.latest = _weights(archive, cfg, "param.")
+        self.optim_state = {"step": data["optim.step"]}
+        for moment in ("m.", "v."):
+            self.optim_state.update({moment + k: v for k, v in
+                                     _weights(archive, cfg, "optim." + moment).items()})
+        self.data = {**data, **{"param." + k: v for k, v in self.latest.items()}}
+        self.log = {k: data["log." + k] for k in LOG_KEYS}
 
     def params(self, step=None):
         """Latest weights (step None) or those of snapshot `step`: {name: array}."""
         if step is None:
-            source, data = self.path, self.data
-        else:
-            if int(step) not in set(self.snapshot_steps.tolist()):
-                raise ValueError(f"{self.path}: no snapshot at step {step}; snapshots run from "
-                                 f"{self.snapshot_steps.min()} to {self.snapshot_steps.max()} "
-                                 f"({len(self.snapshot_steps)} of them)")
-            source = snapshot_file(self.dir, int(step))
-            data = read_npz(source)
-        params = {}
-        for name, shape in param_shapes(self.config).items():
-            key = "param." + name
-            if key not in data:
-                raise ValueError(f"{source}: missing key {key!r}")
-            if data[key].shape != shape:
-                raise ValueError(f"{source}: key {key!r} has shape {data[key].shape}, expected {shape}")
-            params[name] = data[key]
-        return params
+            return dict(self.latest)
+        if int(step) not in set(self.snapshot_steps.tolist()):
+            raise ValueError(f"{self.path}: no snapshot at step {step}; snapshots run from "
+                             f"{self.snapshot_steps.min()} to {self.snapshot_steps.max()} "
+                             f"({len(self.snapshot_steps)} of them)")
+        with Archive(snapshot_file(self.dir, int(step))) as archive:
+            return _weights(archive, self.config, "param.")
+
+    def differing_settings(self, model_config, train_config):
+        """The settings (model and training, but the device) in which the given ones differ
+        from this run's: ['key (stored X, given Y)', ...]."""
+        given = {**ModelConfig.from_dict(model_config).to_dict(), **_train_config(train_config).to_dict()}
+        stored = {**self.config.to_dict(), **self.train_config.to_dict()}
+        return [f"{k} (stored {stored[k]!r}, given {given[k]!r})" for k in stored
+                if k != "device" and stored[k] != given[k]]
 
     def model(self, step=None, device="cpu", dtype=np.float32):
         from .model import Model
@@ -136,6 +163,10 @@ class Run:
         return int(self.snapshot_tokens[index])
 
 
+def _train_config(values):
+    return values if isinstance(values, TrainConfig) else TrainConfig(**values)
+
+
 def open_run(path):
     return Run(path)
 
@@ -143,6 +174,10 @@ def open_run(path):
 def load_model(path, step=None, device="cpu"):
     """minitransformer.load: the latest weights of a run, or snapshot `step` -> Model."""
     return Run(path).model(step, device=device)
+
+
+def _text(value):
+    return np.array(json.dumps(value))
 
 
 def run_arrays(model_config, train_config, corpus, eval_tokens, token_counts, log, snapshots,
@@ -168,7 +203,43 @@ def save_snapshot(run_dir, step, tokens, params):
 
 
 def existing_run(run_dir):
-    """True if run_dir already holds a run (a run.npz or snapshots)."""
+    """True if run_dir holds a run: a run.npz, or snapshots beyond step 0 (a start killed
+    before its first run.npz leaves only snapshot 0, which a new start writes again)."""
     run_dir = pathlib.Path(run_dir)
+    first = snapshot_file(run_dir, 0).name
     return (run_dir / RUN_FILE).exists() or (run_dir / "snapshots").is_dir() and any(
-        os.scandir(run_dir / "snapshots"))
+        e.name != first and not e.name.endswith(".tmp") for e in os.scandir(run_dir / "snapshots"))
+
+
+_held = set()   # the runs this process holds the lock of (a sweep job's train() takes it again)
+
+
+@contextlib.contextmanager
+def run_lock(out, wait=True, log=print):
+    """Hold <parent>/.<name>.lock (flock) while working on the run in `out`: a second process
+    waits for the first (wait) or is refused with a one-line error, instead of writing the
+    same run beside it. The OS drops the lock of a process that dies."""
+    out = pathlib.Path(out)
+    key = os.path.abspath(out)
+    if key in _held:
+        yield
+        return
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        lock = open(out.parent / f".{out.name}.lock", "w")
+    except OSError as e:
+        raise ValueError(f"{out}: cannot write a run there ({e.strerror or e})") from None
+    with lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if not wait:
+                raise ValueError(f"{out}: another process is working on this run ({lock.name}); "
+                                 f"wait for it to end, or choose another --out") from None
+            log(f"{out}: another process is working on it ({lock.name}); waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        _held.add(key)
+        try:
+            yield
+        finally:
+            _held.discard(key)

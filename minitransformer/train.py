@@ -5,8 +5,8 @@ and runs/NAME/snapshots/step_XXXXXXX.npz on the snapshot schedule. A killed run 
 with --resume and ends bit-identical (NumPy) to one never interrupted.
 """
 import argparse
-import json
 import math
+import os
 import pathlib
 import shutil
 import sys
@@ -21,7 +21,9 @@ from .data import (corpus_from_spec, describe, eval_set, random_crops, random_re
 from .model import Model
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .presets import PRESETS, TrainConfig, apply_overrides, preset
-from .runs import Run, existing_run, run_arrays, run_file, save_npz, save_snapshot
+from .params import param_shapes
+from .runs import (LOG_KEYS, Run, existing_run, run_arrays, run_file, run_lock, save_npz,
+                   save_snapshot, snapshot_file)
 
 
 def snapshot_schedule(total_steps, count, spacing="linear"):
@@ -52,8 +54,10 @@ class Progress:
         elapsed = time.time() - self.start
         rate = (step - self.first_step) * self.tokens_per_step / max(elapsed, 1e-9)
         eta = (self.total - step) * self.tokens_per_step / rate if rate > 0 else float("inf")
-        return (f"step {step:>6}/{self.total}  {step * self.tokens_per_step / 1e6:7.2f}M tokens  "
-                f"{rate:>7,.0f} tok/s  loss {loss:.4f}  lr {lr:.2e}  ETA {_duration(eta)}")
+        head = f"step {step:>6}/{self.total}  {step * self.tokens_per_step / 1e6:7.2f}M tokens"
+        if loss is None:     # no step trained yet by this process
+            return head + "  starting"
+        return f"{head}  {rate:>7,.0f} tok/s  loss {loss:.4f}  lr {lr:.2e}  ETA {_duration(eta)}"
 
     def update(self, step, loss, lr):
         if self.live and time.time() - self.last > 0.5:
@@ -78,42 +82,120 @@ def _duration(seconds):
         f"{seconds // 60}m{seconds % 60:02d}s"
 
 
+def memory_needed(cfg, tc):
+    """Rough bytes a run of these settings needs, and the settings of its largest term:
+    float32 weights with their gradients and two Adam moments, one batch's activations
+    kept for the backward pass (residual stream, attention patterns, MLP, logits), the
+    eval set (int64)."""
+    B, T, D = tc.batch_size, cfg.n_ctx, cfg.d_model
+    mlp = 0 if cfg.attn_only else cfg.d_mlp
+    terms = {"d_model, d_vocab, n_layers, n_heads, d_head, d_mlp":
+             16 * sum(math.prod(s) for s in param_shapes(cfg).values()),
+             "batch_size, n_ctx, d_model, n_heads, d_head, d_mlp, n_layers":
+             4 * B * T * cfg.n_layers * (12 * D + 8 * cfg.n_heads * cfg.d_head + 6 * mlp),
+             "batch_size, n_ctx, n_heads, n_layers": 4 * 4 * B * cfg.n_heads * T * T * cfg.n_layers,
+             "batch_size, n_ctx, d_vocab": 4 * 4 * B * T * cfg.d_vocab,
+             "n_eval, n_ctx": 8 * tc.n_eval * T}
+    return sum(terms.values()), max(terms, key=terms.get)
+
+
+def check_fits(cfg, tc):
+    """A one-line error naming the settings when a run of them cannot fit in this machine's memory."""
+    needed, culprits = memory_needed(cfg, tc)
+    available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    if needed > available:
+        raise ValueError(f"these settings need about {needed / 2**30:,.3g} GiB of memory, more than "
+                         f"this machine's {available / 2**30:,.3g} GiB; the most goes to "
+                         f"{culprits}: make them smaller")
+
+
+def check_corpus(corpus, cfg, tc):
+    """The corpus must fit the model: tokens below d_vocab, each split longer than n_ctx."""
+    top = max(int(corpus.train.max(initial=0)), int(corpus.eval.max(initial=0)))
+    if top >= cfg.d_vocab:
+        raise ValueError(f"d_vocab={cfg.d_vocab}: corpus {tc.corpus!r} holds token {top}; "
+                         f"d_vocab must be at least {top + 1}")
+    for split in ("train", "eval"):
+        length = len(getattr(corpus, split))
+        if length < cfg.n_ctx + 1:
+            raise ValueError(f"--corpus {tc.corpus}: its {split} split has {length:,} tokens, "
+                             f"fewer than n_ctx+1={cfg.n_ctx + 1}")
+
+
+def _writable_folder(out):
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "snapshots").mkdir(exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"{out}: cannot write a run there ({e.strerror or e})") from None
+    for folder in (out, out / "snapshots"):
+        if not os.access(folder, os.W_OK | os.X_OK):
+            raise ValueError(f"{folder}: cannot write a run there (no write permission)")
+
+
+def _stored_run(out, cfg, tc, corpus, resume, force):
+    """The run in `out` to continue (None: start afresh), after the checks that keep a run
+    from being lost: --force only after everything else is validated, --resume only with
+    the stored run's settings and data."""
+    for stale in list(out.glob(".*.tmp")) + list(out.glob("snapshots/.*.tmp")):
+        stale.unlink()   # a write a kill interrupted (we hold the lock); its target was never replaced
+    if not existing_run(out):
+        if resume and not snapshot_file(out, 0).exists():
+            raise ValueError(f"{run_file(out)}: no run to resume")
+        return None      # empty, or a start killed before its first run.npz: start again
+    if force:
+        shutil.rmtree(out / "snapshots")
+        run_file(out).unlink(missing_ok=True)
+        _writable_folder(out)
+        return None
+    if not resume or not run_file(out).exists():
+        raise ValueError(f"{out}: already holds a run; --resume to continue it, or --force "
+                         f"to overwrite it")
+    run = Run(out)
+    differ = run.differing_settings(cfg, tc)
+    if differ:
+        raise ValueError(f"{out}: --resume with settings that differ from the stored run's: "
+                         f"{'; '.join(differ)}; give the flags (and --preset) it was started with")
+    if run.corpus["sha256"] != corpus.sha256:
+        raise ValueError(f"{run.path}: key 'corpus' names data with sha256 "
+                         f"{run.corpus['sha256'][:12]}, but {tc.corpus} now hashes to "
+                         f"{corpus.sha256[:12]}; cannot resume on different data")
+    return run
+
+
 def train(out, model_config, train_config, resume=False, force=False, progress=True):
-    """Train and save a run in `out` -> the final Run."""
+    """Train and save a run in `out` -> the final Run. Every setting, the corpus and the
+    folder are checked before anything in `out` is written or deleted; the run's lock is
+    held throughout (a second process on the same `out` is refused)."""
+    if os.fspath(out) == "":
+        raise ValueError("--out: empty; name a run directory")
+    if resume and force:
+        raise ValueError("--resume and --force: choose one (continue the run, or overwrite it)")
     out = pathlib.Path(out)
     cfg = ModelConfig.from_dict(model_config)
     tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig(**train_config)
-    if existing_run(out) and not resume:
-        if not force:
-            raise ValueError(f"{out}: already holds a run; --resume to continue it, or --force "
-                             f"to overwrite it")
-        shutil.rmtree(out / "snapshots", ignore_errors=True)
-        run_file(out).unlink(missing_ok=True)
-    if resume and not run_file(out).exists():
-        raise ValueError(f"{run_file(out)}: no run to resume")
+    check_fits(cfg, tc)
     corpus = corpus_from_spec(tc.corpus)
+    check_corpus(corpus, cfg, tc)
+    with run_lock(out, wait=False):
+        _writable_folder(out)
+        return _train(out, cfg, tc, corpus, _stored_run(out, cfg, tc, corpus, resume, force),
+                      progress)
+
+
+def _train(out, cfg, tc, corpus, run, progress):
     tokens_per_step = tc.batch_size * cfg.n_ctx
     total_steps = max(1, math.ceil(tc.total_tokens / tokens_per_step))
     schedule = snapshot_schedule(total_steps, tc.snapshots, tc.snapshot_spacing)
     optimizer = AdamW(betas=(tc.beta1, tc.beta2), weight_decay=tc.weight_decay)
     rng = np.random.default_rng(tc.seed + 1)
-    log = {"step": [], "tokens": [], "loss": [], "lr": [], "grad_norm": [], "seconds": []}
+    log = {k: [] for k in LOG_KEYS}
     snapshots, step, elapsed = [], 0, 0.0
-    if resume:
-        for stale in list(out.glob(".*.tmp")) + list(out.glob("snapshots/.*.tmp")):
-            stale.unlink()   # a write the kill interrupted; its target was never replaced
-        run = Run(out)
-        if run.corpus["sha256"] != corpus.sha256:
-            raise ValueError(f"{run.path}: key 'corpus' names data with sha256 "
-                             f"{run.corpus['sha256'][:12]}, but {tc.corpus} now hashes to "
-                             f"{corpus.sha256[:12]}; cannot resume on different data")
-        cfg = run.config
-        tc = TrainConfig(**run.train_config)
+    if run is not None:
         model = Model(cfg, params=run.params(), device=tc.device)
-        optimizer.state = {"step": int(run.data["optim.step"])}
-        optimizer.state.update({k[6:]: model.xp.asarray(v) for k, v in run.data.items()
-                                if k.startswith("optim.") and k != "optim.step"})
-        rng.bit_generator.state = json.loads(str(run.data["state.rng"]))
+        optimizer.state = {k: v if k == "step" else model.xp.asarray(v)
+                           for k, v in run.optim_state.items()}
+        rng.bit_generator.state = run.rng_state
         log = {k: list(v) for k, v in run.log.items()}
         snapshots = list(zip(run.snapshot_steps.tolist(), run.snapshot_tokens.tolist()))
         step = int(run.data["state.step"])
@@ -129,7 +211,7 @@ def train(out, model_config, train_config, resume=False, force=False, progress=T
               f"{len(schedule)} snapshots", file=sys.stderr)
     bar = Progress(total_steps, tokens_per_step, enabled=progress, label=f"{out.name}: ")
     start = time.time() - elapsed
-    loss = lr = float("nan")
+    loss = lr = None
 
     def save_state():
         host = {k: to_numpy(v) for k, v in model.params.items()}
@@ -161,7 +243,7 @@ def train(out, model_config, train_config, resume=False, force=False, progress=T
         lr = learning_rate(step, tc.lr, tc.warmup_steps, total_steps, tc.schedule)
         optimizer.step(model.params, grads, lr)
         step += 1
-        for key, value in zip(log, (step, step * tokens_per_step, loss, lr, grad_norm,
+        for key, value in zip(LOG_KEYS, (step, step * tokens_per_step, loss, lr, grad_norm,
                                     time.time() - start)):
             log[key].append(value)
         bar.update(step, loss, lr)
@@ -200,6 +282,13 @@ def main(argv=None):
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; the run in {args.out} continues from its last snapshot with the "
+              f"same command and --resume", file=sys.stderr)
+        return 130
     final = run.log["loss"][-50:]
     print(f"{run.dir}: {int(run.data['state.step'])} steps, {int(run.data['state.tokens']):,} "
           f"tokens, final train loss {np.mean(final):.4f}, {len(run.snapshot_steps)} snapshots")

@@ -3,7 +3,8 @@ layer-0 head, later steps with the previous-token head (for the circuits CLIs' t
 import numpy as np
 
 from circuits.handmade import induction_model
-from minitransformer.runs import run_arrays, run_file, save_npz, save_snapshot
+from minitransformer.presets import TrainConfig
+from minitransformer.runs import LOG_KEYS, run_arrays, run_file, save_npz, save_snapshot
 
 STEPS = (0, 10, 20)
 
@@ -16,7 +17,8 @@ def write_handmade_run(out, eval_tokens, steps=STEPS):
         save_snapshot(out, step, step * 512, params)
         snapshots.append((step, step * 512))
     save_npz(run_file(out), run_arrays(
-        model.config.to_dict(), {}, {"name": "handmade", "sha256": ""}, eval_tokens,
-        np.ones(32, dtype=np.int64), {"step": [], "loss": []}, snapshots, params, {},
-        steps[-1], steps[-1] * 512, {}))
+        model.config.to_dict(), TrainConfig(n_eval=len(eval_tokens)).to_dict(),
+        {"name": "handmade", "sha256": ""}, eval_tokens, np.ones(32, dtype=np.int64),
+        {k: np.zeros(steps[-1]) for k in LOG_KEYS}, snapshots, params, {"step": steps[-1]},
+        steps[-1], steps[-1] * 512, np.random.default_rng(0).bit_generator.state))
     return out

@@ -57,7 +57,8 @@ def _command(out, *extra):
 
 # Where the kill test kills a run (tiny, total_tokens=120000: 469 steps, snapshots at
 # 0, 43, 85, 128, 171, 213, ..., 469; run.npz is written after each snapshot)
-KILL_POINTS = {"mid-snapshot": "step_0000213.npz:mid-write",
+KILL_POINTS = {"before-the-first-run.npz": "step_0000000.npz:after-rename",
+               "mid-snapshot": "step_0000213.npz:mid-write",
                "mid-run.npz": "run.npz#7:mid-write",
                "after-the-end": "run.npz#12:after-rename"}
 

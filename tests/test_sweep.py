@@ -85,7 +85,7 @@ def test_a_second_process_waits_for_the_job_another_one_holds(tmp_path):
 def test_a_run_of_other_settings_is_never_overwritten(swept, tmp_path):
     root, _ = swept
     other = sweep.Job("attn-only-2l", "tiny", TINY + ("lr=1e-4",), "attn-only")
-    with pytest.raises(RuntimeError, match="attn-only-2l.*other settings \\(lr\\)"):
+    with pytest.raises(RuntimeError, match="attn-only-2l.*other settings \\(lr \\(stored"):
         sweep.run_sweep([other], root, workers=1, log=lambda line: None)
 
 
