@@ -38,6 +38,9 @@ def main(argv=None):
     apply_overrides(cfg, {}, args.overrides)
     corpus = corpus_from_spec(args.corpus)
     counts = corpus.token_counts()
+    # the same evaluator on tokens seen at least once per 100k: bytes that carry text, not
+    # the rare UTF-8 bytes whose embeddings barely train (a diagnostic, not the table's score)
+    common = np.where(counts >= counts.sum() * 1e-5, counts, 0)
     model = Model(cfg, seed=args.seed)
     opt = AdamW(betas=(0.9, 0.99))
     rng = np.random.default_rng(args.seed + 1000)
@@ -49,11 +52,13 @@ def main(argv=None):
     while True:
         if seen >= next_report or seen >= args.tokens:
             pm = prefix_matching_score(model, token_counts=counts)
+            pm_common = prefix_matching_score(model, token_counts=common)
             first, second = repeated_copy_losses(model, counts, n=16, length=50, seed=123)
             prev = previous_token_score(model, text)
             print(f"tokens {seen / 1e6:6.2f}M  t {time.time() - start:5.0f}s  "
                   f"loss {np.mean(losses[-50:]) if losses else float('nan'):.3f}  "
                   f"pm_max_L1+ {pm[1:].max() if len(pm) > 1 else float('nan'):.3f}  "
+                  f"pm_common_L1+ {pm_common[1:].max() if len(pm) > 1 else float('nan'):.3f}  "
                   f"pm_max_L0 {pm[0].max():.3f}  prev_max_L0 {prev[0].max():.2f}  "
                   f"rep1 {first:.2f} rep2 {second:.2f}", flush=True)
             next_report += args.every

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 import numpy as np
 
 BOS = 0
-EXCLUDED_DIRS = {"test", "tests", "idle_test", "site-packages", "__pycache__"}
+TEST_DIRS = {"test", "tests", "idle_test"}
+NEVER_DIRS = {"site-packages", "__pycache__"}
 
 
 @dataclass
@@ -29,12 +30,25 @@ class Corpus:
         return np.bincount(self.train, minlength=d_vocab).astype(np.int64)
 
 
-def stdlib_files():
-    """The running interpreter's standard-library .py files, test folders excluded."""
+def stdlib_files(tests=True):
+    """The running interpreter's standard-library .py files (its test folders too unless
+    tests=False) that are UTF-8 text without NUL bytes: a few test files are deliberately
+    in other encodings, and they are left out rather than refused."""
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    files = [p for p in root.rglob("*.py")
-             if not EXCLUDED_DIRS & set(p.relative_to(root).parts[:-1])]
-    return root, sorted(files)
+    skip = NEVER_DIRS if tests else NEVER_DIRS | TEST_DIRS
+    files = [p for p in sorted(root.rglob("*.py"))
+             if not skip & set(p.relative_to(root).parts[:-1]) and _is_text(p.read_bytes())]
+    return root, files
+
+
+def _is_text(data):
+    if b"\x00" in data:
+        return False
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _eval_names(names, eval_fraction):
@@ -60,14 +74,14 @@ def _join(docs):
     return np.frombuffer(b"".join(bytes([BOS]) + d for d in docs), dtype=np.uint8).copy()
 
 
-def load_corpus(path=None, eval_fraction=0.1):
-    """The built-in corpus (path None: the Python standard library's source) or a text file
-    or folder of text files. Folders split by file; a single file by position (its last
-    eval_fraction is held out). Raises ValueError naming the path when it is missing, empty
-    or binary."""
+def load_corpus(path=None, eval_fraction=0.1, tests=True):
+    """The built-in corpus (path None: the Python standard library's source, with its test
+    folders unless tests=False) or a text file or folder of text files. Folders split by
+    file; a single file by position (its last eval_fraction is held out). Raises ValueError
+    naming the path when it is missing, empty or binary."""
     if path is None:
-        root, files = stdlib_files()
-        name = "python-stdlib"
+        root, files = stdlib_files(tests)
+        name = "python-stdlib" if tests else "python-stdlib-no-tests"
     else:
         root = pathlib.Path(path)
         name = str(path)
@@ -135,15 +149,23 @@ def eval_set(corpus, n, n_ctx, seed):
     return random_crops(corpus.eval, n, n_ctx, np.random.default_rng(seed))
 
 
-def candidate_tokens(token_counts, drop_fraction=0.1):
-    """Tokens for the evaluators' random sequences: those that occur in the corpus, without
-    the most and the least common drop_fraction of them (paper, head activation evaluators).
-    With no counts, every token but BOS."""
+def candidate_tokens(token_counts, drop_fraction=0.1, min_share=1e-5):
+    """Tokens for the evaluators' random sequences (paper, head activation evaluators: random
+    tokens without the most and least common): the tokens that make up at least `min_share`
+    of the corpus (BOS aside), without the most and the least common drop_fraction of them.
+
+    The floor is ours. In the paper's 50k-token BPE vocabulary even its rare tokens were seen
+    thousands of times; in a byte vocabulary the rare tokens are UTF-8 continuation bytes seen
+    a few dozen times in a whole run, whose embeddings barely leave their initialisation, so a
+    sequence of them tests the embeddings, not the head. On the stdlib corpus the floor keeps
+    the ~100 bytes of the text's alphabet (80 after the 10% drops). With no counts, every
+    token but BOS."""
     if token_counts is None:
         return None
-    seen = np.flatnonzero(np.asarray(token_counts) > 0)
-    seen = seen[seen != BOS]
-    ranked = seen[np.argsort(-np.asarray(token_counts)[seen], kind="stable")]
+    counts = np.asarray(token_counts).copy()
+    counts[BOS] = 0
+    seen = np.flatnonzero(counts >= max(1, counts.sum() * min_share))
+    ranked = seen[np.argsort(-counts[seen], kind="stable")]
     drop = int(len(ranked) * drop_fraction)
     return np.sort(ranked[drop: len(ranked) - drop])
 
@@ -200,9 +222,12 @@ def describe(corpus):
 
 
 def corpus_from_spec(spec):
-    """'stdlib' (default) | 'synthetic:repeated' | 'synthetic:template' | a path."""
+    """'stdlib' (default: the standard library with its tests) | 'stdlib-no-tests' |
+    'synthetic:repeated' | 'synthetic:template' | a path."""
     if spec in (None, "", "stdlib"):
         return load_corpus(None)
+    if spec == "stdlib-no-tests":
+        return load_corpus(None, tests=False)
     if spec == "synthetic:repeated":
         return repeated_segments_corpus()
     if spec == "synthetic:template":

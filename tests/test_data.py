@@ -6,13 +6,19 @@ from minitransformer.data import (BOS, candidate_tokens, eval_set, load_corpus, 
                                   repeated_segments_corpus, stdlib_files, template_corpus)
 
 
-def test_stdlib_corpus_is_split_by_file_and_excludes_tests():
+def test_stdlib_corpus_is_split_by_file_and_includes_tests_unless_asked():
     root, files = stdlib_files()
-    assert files and not any("test" in p.relative_to(root).parts[:-1] for p in files)
+    assert any("test" in p.relative_to(root).parts[:-1] for p in files)
+    assert not any("site-packages" in p.relative_to(root).parts for p in files)
     corpus = load_corpus()
-    assert len(corpus.train) > 5_000_000 and len(corpus.eval) > 200_000
+    assert len(corpus.train) > 20_000_000 and len(corpus.eval) > 1_000_000
     assert corpus.train.dtype == np.uint8 and corpus.train[0] == BOS
+    # NUL (BOS) only where a document starts: files with NUL bytes or non-UTF-8 are left out
+    assert (corpus.train == BOS).sum() + (corpus.eval == BOS).sum() == len(files)
     assert load_corpus().sha256 == corpus.sha256          # identified by content, reproducibly
+    root, plain = stdlib_files(tests=False)
+    assert plain and not any("test" in p.relative_to(root).parts[:-1] for p in plain)
+    assert load_corpus(tests=False).sha256 != corpus.sha256
 
 
 def test_folder_corpus_and_its_errors(tmp_path):
@@ -72,6 +78,15 @@ def test_candidate_tokens_drop_the_most_and_least_common():
     pool = candidate_tokens(counts)
     assert BOS not in pool and 1 not in pool and 100 not in pool and 50 in pool
     assert len(pool) == 80
+
+
+def test_candidate_tokens_leave_out_tokens_too_rare_to_have_trained():
+    counts = np.zeros(256, dtype=int)
+    counts[1:101] = 10**5                      # the text's alphabet
+    counts[200:240] = 3                        # rare bytes: 3 in 10M, under the 1e-5 floor
+    pool = candidate_tokens(counts)
+    assert len(pool) == 80 and pool.max() <= 100
+    assert len(candidate_tokens(counts, min_share=0)) == 112   # 140 seen, 10% dropped each side
 
 
 def test_repeat_spans_copies_a_span_later_in_the_window():
