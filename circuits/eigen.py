@@ -24,7 +24,7 @@ import sys
 
 import numpy as np
 
-from minitransformer.io import atomic_write
+from minitransformer.io import atomic_write, output_file
 
 from minitransformer.model import Model
 from minitransformer.runs import Run
@@ -186,6 +186,8 @@ def main(argv=None):
                         help="eval sequences for the previous-token score (default 4)")
     args = parser.parse_args(argv)
     try:
+        if args.plot:
+            output_file(args.plot, "--plot")
         run = Run(args.run)
         steps = run.snapshot_steps.tolist() if args.all_steps else [args.step]
         with blas_threads(1):   # many small products: threads only cost (circuits/threads.py)
@@ -204,7 +206,11 @@ def main(argv=None):
               f"head below")
         print(format_table(rows))
     if args.plot:
-        plot(rows, args.plot, f"{run.path}")
+        try:
+            plot(rows, args.plot, f"{run.path}")
+        except OSError as e:
+            print(f"error: --plot {args.plot}: cannot write ({e.strerror or e})", file=sys.stderr)
+            return 2
     return 0
 
 

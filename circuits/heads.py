@@ -26,7 +26,7 @@ import sys
 
 import numpy as np
 
-from minitransformer.io import atomic_write
+from minitransformer.io import atomic_write, output_file
 
 from minitransformer.data import candidate_tokens
 from minitransformer.runs import Run
@@ -234,6 +234,8 @@ def main(argv=None):
         for name in ("n_eval", "examples"):
             if getattr(args, name) is not None and getattr(args, name) < 1:
                 raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
+        if args.plot:
+            output_file(args.plot, "--plot")
         run = Run(args.run)
         with blas_threads(1):   # small products on a busy machine: threads only cost
             if args.validate:

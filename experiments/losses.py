@@ -6,6 +6,8 @@ loss "at context index i" (the i-th token, predicted from i earlier ones) is los
 context_indices, loss_at_index and icl_score live in circuits.ablation (the head ablations
 read their ICL change with them) and are imported here.
 """
+import contextlib
+
 import numpy as np
 
 from circuits.ablation import context_indices, icl_score, loss_at_index  # noqa: F401 (re-exported)
@@ -31,10 +33,12 @@ def snapshot_losses(run, step, n_eval=None):
     path = cache_file(run, step)
     snapshot = snapshot_file(run.dir, int(step))
     if path.exists() and path.stat().st_mtime >= snapshot.stat().st_mtime:
-        cached = read_npz(path)
-        if cached["losses"].shape[0] >= len(tokens) and cached["losses"].shape[1] == tokens.shape[1] - 1:
-            return cached["losses"][: len(tokens)]
+        with contextlib.suppress(ValueError, KeyError):   # a broken cache is computed again
+            cached = read_npz(path)["losses"]
+            if cached.ndim == 2 and cached.shape[0] >= len(tokens) and cached.shape[1] == tokens.shape[1] - 1:
+                return cached[: len(tokens)]
     losses = per_token_losses(run.model(step), tokens)
     if n_eval is None or n_eval >= len(run.eval_tokens):
-        save_npz(path, {"losses": losses, "step": np.array(int(step))})
+        with contextlib.suppress(OSError):         # no cache in a read-only run folder
+            save_npz(path, {"losses": losses, "step": np.array(int(step))})
     return losses

@@ -9,13 +9,14 @@ panels over training tokens: loss, ICL score, each head's prefix matching, windo
 and <run>/phase_change.json.
 """
 import argparse
+import contextlib
 import json
 import sys
 
 import numpy as np
 
 from circuits import prefix_matching_score, repeated_random_tokens
-from minitransformer.io import atomic_write, atomic_write_text
+from minitransformer.io import atomic_write, atomic_write_text, output_file
 from minitransformer.runs import Run
 
 from .losses import context_indices, icl_score, snapshot_losses
@@ -174,16 +175,22 @@ def main(argv=None):
     parser.add_argument("--png", help="figure path (default <run>/phase_change.png)")
     args = parser.parse_args(argv)
     try:
+        if args.points < 2:
+            raise ValueError(f"--points {args.points}: must be at least 2")
         run = Run(args.run)
+        png = output_file(args.png or run.dir / "phase_change.png", "--png")
         control = analyse(Run(args.control), args.points) if args.control else None
         a = analyse(run, args.points)
+        plot(run, a, png, control)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        print(f"error: {e.filename or args.png}: cannot write ({e.strerror or e})", file=sys.stderr)
+        return 2
     print("\n".join(summary_lines(run, a)))
-    png = args.png or run.dir / "phase_change.png"
-    plot(run, a, png, control)
-    atomic_write_text(run.dir / "phase_change.json", to_json(a))
+    with contextlib.suppress(OSError):   # a cache beside the run: none in a read-only run folder
+        atomic_write_text(run.dir / "phase_change.json", to_json(a))
     print(f"  figure: {png}")
     return 0
 

@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from minitransformer.io import atomic_write_text
+from minitransformer.io import atomic_write_text, output_file
 from minitransformer.runs import Run
 
 from . import figures, table
@@ -243,10 +243,15 @@ def main(argv=None):
     try:
         if not root.is_dir():
             raise ValueError(f"{root}: no such sweep folder; run python -m experiments.sweep first")
+        out.mkdir(parents=True, exist_ok=True)
+        output_file(out / "index.html", "--out", suffix=".html")
         path, lines, checks = build(root, small_jobs() if args.small else default_jobs(), out,
                                     colour=args.colour, measure=not args.cached_only)
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        print(f"error: --out {out}: cannot write ({e.strerror or e})", file=sys.stderr)
         return 2
     print("\n".join(lines))
     for statement, measured, ok in checks:

@@ -2,6 +2,7 @@
 renamed, so a killed process never leaves a torn file."""
 import collections
 import os
+import pathlib
 import signal
 import tempfile
 
@@ -53,6 +54,21 @@ def atomic_write(path, write):
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+def output_file(path, flag, suffix=".png"):
+    """`path` (a pathlib.Path) if a tool may write its `suffix` file there; else a one-line
+    error naming the flag: another kind of name (a run's run.npz!), a folder, or a folder
+    that does not exist or cannot be written. Checked before the tool computes anything."""
+    path = pathlib.Path(path)
+    if path.suffix.lower() != suffix:
+        raise ValueError(f"{flag} {path}: expected a file name ending in {suffix}")
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{flag} {path}: is not a file")
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write there ({folder} is not a writable folder)")
+    return path
 
 
 def atomic_write_text(path, text):
