@@ -66,6 +66,10 @@ class Model:
     def loss_and_grads(self, tokens, **interventions):
         """Next-token loss averaged over the B*(T-1) predictions -> (loss float, grads dict
         keyed like params, arrays on the model's device)."""
+        B, T = self.tokens(tokens).shape
+        if B == 0 or T < 2:
+            raise ValueError(f"tokens: shape {(B, T)}; a loss needs at least one sequence of at "
+                             f"least 2 tokens (each predicts the next)")
         logits, cache = self.forward_train(tokens, **interventions)
         loss, loss_cache = ops.cross_entropy_forward(logits, cache.tokens)
         return float(loss), self.backward(ops.cross_entropy_backward(1.0, loss_cache), cache)
@@ -194,6 +198,10 @@ class Model:
         """{layer: (H,) or (B,H) multiplier} from zero_heads and head_mask."""
         cfg = self.config
         masks = {int(l): self.xp.asarray(m, dtype=self.dtype) for l, m in (head_mask or {}).items()}
+        for layer in masks:
+            if not 0 <= layer < cfg.n_layers:
+                raise ValueError(f"head_mask: layer {layer} does not exist in a model of "
+                                 f"{cfg.n_layers} layers")
         for layer, head in zero_heads or ():
             if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
                 raise ValueError(f"zero_heads: head {layer}.{head} does not exist in a model of "

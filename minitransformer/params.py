@@ -72,12 +72,19 @@ def init_params(cfg, seed=0, dtype=np.float32):
 
 def check_params(cfg, params, where="params"):
     """Raise a one-line ValueError naming the first missing, unexpected or misshapen key."""
+    if not isinstance(params, dict):
+        raise ValueError(f"{where}: expected a dict of arrays keyed by parameter name, got "
+                         f"{type(params).__name__}")
     expected = param_shapes(cfg)
     for name, shape in expected.items():
         if name not in params:
             raise ValueError(f"{where}: missing key {name!r}")
-        if tuple(params[name].shape) != shape:
-            raise ValueError(f"{where}: key {name!r} has shape {tuple(params[name].shape)}, "
+        value = params[name]
+        dtype = value.dtype if hasattr(value, "dtype") else np.asarray(value).dtype
+        if value is None or dtype.kind not in "iuf":
+            raise ValueError(f"{where}: key {name!r} is not an array of real numbers ({dtype})")
+        if np.shape(params[name]) != shape:
+            raise ValueError(f"{where}: key {name!r} has shape {np.shape(params[name])}, "
                              f"expected {shape}")
     extra = sorted(set(params) - set(expected))
     if extra:

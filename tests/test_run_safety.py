@@ -158,3 +158,24 @@ def test_numpy_integers_in_a_config_are_accepted(tmp_path):
     model = dict(model, n_layers=np.int64(1))
     run = train(tmp_path / "r", model, dict(train_config, total_tokens=np.int64(2000)), progress=False)
     assert run.config.n_layers == 1 and type(run.config.n_layers) is int
+
+
+def test_the_python_api_answers_with_one_line_value_errors():
+    from minitransformer import Model
+    model = Model(TINY[0])
+    for tokens in (np.zeros((2, 1), dtype=np.int64), np.zeros((0, 8), dtype=np.int64)):
+        with pytest.raises(ValueError, match="a loss needs at least one sequence of at least 2"):
+            model.loss_and_grads(tokens)
+    params = {k: v.tolist() for k, v in model.params.items()}
+    assert np.array_equal(Model(TINY[0], params=params).params["embed.W_E"], model.params["embed.W_E"])
+    for bad in (dict(params, **{"embed.W_E": None}), [1, 2],
+                dict(params, **{"embed.W_E": model.params["embed.W_E"] * 1j})):
+        with pytest.raises(ValueError, match="params"):
+            Model(TINY[0], params=bad)
+    with pytest.raises(ValueError, match="head_mask: layer 5 does not exist"):
+        model.forward(np.zeros((1, 4), dtype=np.int64), head_mask={5: np.zeros(2)})
+
+
+def test_the_first_progress_line_has_no_loss_yet():
+    from minitransformer.train import Progress
+    assert Progress(10, 256).line(0, None, None).endswith("starting")
