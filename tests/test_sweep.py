@@ -3,6 +3,7 @@ and the report built from them, on tiny models (seconds each)."""
 import fcntl
 import multiprocessing
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -14,6 +15,7 @@ import pytest
 from circuits import ablation_losses, icl_change
 from experiments import measure, report, sweep
 from experiments.screenshot import check_images
+from minitransformer.io import KILL_AT
 from minitransformer.runs import Run, run_file
 
 TINY = ("total_tokens=3e4", "snapshots=4", "n_eval=12")
@@ -50,17 +52,16 @@ def test_a_second_sweep_keeps_finished_runs_and_cached_measurements(swept):
                                   (root / j.name / "measurements.npz").stat().st_mtime_ns)
 
 
-def test_an_interrupted_job_resumes_to_the_same_model(tmp_path):
+def test_an_interrupted_job_resumes_to_the_same_model(tmp_path, monkeypatch):
     job = sweep.Job("m", "tiny", ("total_tokens=6e4", "snapshots=8", "n_eval=8"))
     sweep.run_job(job, tmp_path / "straight", measure=False, progress=False)
     worker = multiprocessing.get_context("spawn").Process(
         target=sweep.run_job, args=(job, str(tmp_path / "cut")), kwargs=dict(measure=False, progress=False))
+    monkeypatch.setenv(KILL_AT, "run.npz#4:mid-write")   # the worker kills itself there
     worker.start()
-    deadline = time.time() + 60
-    while not run_file(tmp_path / "cut" / "m").exists() and time.time() < deadline:
-        time.sleep(0.05)
-    worker.kill()
-    worker.join()
+    worker.join(120)
+    monkeypatch.delenv(KILL_AT)
+    assert worker.exitcode == -signal.SIGKILL
     assert int(Run(tmp_path / "cut" / "m").data["state.tokens"]) < 60_000    # stopped part way
     assert "trained" in sweep.run_job(job, tmp_path / "cut", measure=False, progress=False)
     a, b = Run(tmp_path / "straight" / "m").params(), Run(tmp_path / "cut" / "m").params()
