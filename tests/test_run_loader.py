@@ -88,9 +88,14 @@ def test_model_config_missing_a_field_is_named(tiny, tmp_path):
         Run(copy)
 
 
-def test_every_cli_answers_a_malformed_run_with_one_line(tiny, tmp_path, capsys):
+@pytest.mark.parametrize("cli", ["train", "eigen", "heads", "phase_change"])
+def test_every_cli_answers_a_malformed_run_with_one_line(tiny, tmp_path, capsys, cli):
+    from circuits import eigen, heads
+    from experiments import phase_change
     copy = copy_run(tiny, tmp_path, lambda data: data.update(format_version=np.array([1, 2])))
-    assert main(["--preset", "tiny", "--out", str(copy), "--resume", "--quiet"]) == 2
+    argv = {"train": ["--preset", "tiny", "--out", str(copy), "--resume", "--quiet"]}.get(cli, [str(copy)])
+    assert {"train": main, "eigen": eigen.main, "heads": heads.main,
+            "phase_change": phase_change.main}[cli](argv) == 2
     err = capsys.readouterr().err.strip()
     assert "key 'format_version' has shape (2,)" in err and "\n" not in err
 
