@@ -148,7 +148,7 @@ class Run:
     def differing_settings(self, model_config, train_config):
         """The settings (model and training, but the device) in which the given ones differ
         from this run's: ['key (stored X, given Y)', ...]."""
-        given = {**ModelConfig.from_dict(model_config).to_dict(), **_train_config(train_config).to_dict()}
+        given = {**ModelConfig.from_dict(model_config).to_dict(), **as_train_config(train_config).to_dict()}
         stored = {**self.config.to_dict(), **self.train_config.to_dict()}
         return [f"{k} (stored {stored[k]!r}, given {given[k]!r})" for k in stored
                 if k != "device" and stored[k] != given[k]]
@@ -163,8 +163,14 @@ class Run:
         return int(self.snapshot_tokens[index])
 
 
-def _train_config(values):
-    return values if isinstance(values, TrainConfig) else TrainConfig(**values)
+def as_train_config(values):
+    """A TrainConfig from itself or a dict; an unknown key is a one-line error."""
+    if isinstance(values, TrainConfig):
+        return values
+    unknown = sorted(set(values) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise ValueError(f"unknown train config key {unknown[0]!r}")
+    return TrainConfig(**values)
 
 
 def open_run(path):

@@ -20,9 +20,9 @@ from .data import (corpus_from_spec, describe, eval_set, random_crops, random_re
                    repeat_spans)
 from .model import Model
 from .optim import AdamW, clip_grad_norm, learning_rate
-from .presets import PRESETS, TrainConfig, apply_overrides, preset
+from .presets import PRESETS, apply_overrides, preset
 from .params import param_shapes
-from .runs import (LOG_KEYS, Run, existing_run, run_arrays, run_file, run_lock, save_npz,
+from .runs import (LOG_KEYS, Run, as_train_config, existing_run, run_arrays, run_file, run_lock, save_npz,
                    save_snapshot, snapshot_file)
 
 
@@ -173,7 +173,7 @@ def train(out, model_config, train_config, resume=False, force=False, progress=T
         raise ValueError("--resume and --force: choose one (continue the run, or overwrite it)")
     out = pathlib.Path(out)
     cfg = ModelConfig.from_dict(model_config)
-    tc = train_config if isinstance(train_config, TrainConfig) else TrainConfig(**train_config)
+    tc = as_train_config(train_config)
     check_fits(cfg, tc)
     corpus = corpus_from_spec(tc.corpus)
     check_corpus(corpus, cfg, tc)
