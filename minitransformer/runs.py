@@ -98,7 +98,8 @@ class Run:
             raise ValueError(f"{self.path}: key 'format_version' is {version}; this code reads "
                              f"version {FORMAT_VERSION}")
         self.config = cfg = _config(archive, "model_config", ModelConfig)
-        self.train_config = tc = _config(archive, "train_config", TrainConfig)
+        tc = _config(archive, "train_config", TrainConfig)
+        self.train_config = tc.to_dict()     # a dict, every field present and valid
         self.corpus = _json(archive, "corpus")
         if not all(isinstance(self.corpus.get(k), str) for k in ("name", "sha256")):
             raise ValueError(f"{self.path}: key 'corpus' must hold a name and a sha256 (strings)")
@@ -149,7 +150,7 @@ class Run:
         """The settings (model and training, but the device) in which the given ones differ
         from this run's: ['key (stored X, given Y)', ...]."""
         given = {**ModelConfig.from_dict(model_config).to_dict(), **as_train_config(train_config).to_dict()}
-        stored = {**self.config.to_dict(), **self.train_config.to_dict()}
+        stored = {**self.config.to_dict(), **self.train_config}
         return [f"{k} (stored {stored[k]!r}, given {given[k]!r})" for k in stored
                 if k != "device" and stored[k] != given[k]]
 
