@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 RUNS ?= runs
 
-.PHONY: install test test-thorough bench train-2l train-1l reproduce reproduce-small help
+.PHONY: install test test-thorough bench train-2l train-1l train-2l-mixed reproduce reproduce-small help
 
 # train PRESET into RUNS/PRESET, resuming it if it is already there (a finished run is kept)
 define train
@@ -12,7 +12,9 @@ define train
 endef
 
 help:
-	@echo "make train-2l   train the 2-layer attention-only model, show its phase change"
+	@echo "make train-2l   train the 2-layer attention-only model on natural text, show its phase change"
+	@echo "make train-1l   the 1-layer control (no induction head can form)"
+	@echo "make train-2l-mixed   fast demo, synthetic-assisted: half the windows repeated random tokens"
 	@echo "make test       install the dev extras and run every test"
 	@echo "make bench      time training steps against PyTorch on this machine"
 	@echo "make reproduce  train every model family, write report/index.html (~1.5 h on 2 cores)"
@@ -42,6 +44,11 @@ train-2l: install
 train-1l: install
 	$(call train,attn-only-1l)
 	$(PYTHON) -m experiments.phase_change $(RUNS)/attn-only-1l
+
+# the fast demo: synthetic-assisted (half of the training windows are repeated random tokens)
+train-2l-mixed: install
+	$(call train,attn-only-2l-mixed)
+	$(PYTHON) -m experiments.phase_change $(RUNS)/attn-only-2l-mixed
 
 # ---- the Model Analysis Table (experiments/README in the main README) --------------------------
 # Jobs resume: an interrupted sweep started again skips what is done. SCHEDULER=tcp://HOST:8786

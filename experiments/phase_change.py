@@ -49,8 +49,9 @@ def evaluated_steps(steps, points):
     return steps[index]
 
 
-def repeated_copy_losses(model, token_counts, n=32, length=100, seed=7):
-    """Loss on the first and the second copy of BOS + `length` random tokens repeated twice."""
+def repeated_copy_losses(model, token_counts, n=32, length=50, seed=7):
+    """Loss on the first and the second copy of BOS + `length` distinct random tokens (the
+    evaluators' pool: 80 tokens on the stdlib corpus) repeated twice."""
     length = min(length, (model.config.n_ctx - 1) // 2)
     tokens = repeated_random_tokens(n, length, 2, token_counts, model.config.d_vocab, seed=seed)
     losses = model.per_token_loss(tokens)
@@ -91,9 +92,20 @@ def analyse(run, points=40):
                 final_train_loss=float(np.mean(run.log["loss"][-100:])))
 
 
-def summary_lines(run, a):
+def data_line(run):
+    """What the model was trained on, with the synthetic assistance named when there was any."""
+    tc = run.train_config
+    planted = [f"{share:.0%} of windows {what}" for share, what in
+               ((tc.get("synthetic_fraction", 0), "replaced by repeated random tokens"),
+                (tc.get("repeat_fraction", 0), "given a repeated span")) if share]
+    return (f"  training data: {run.corpus['name']} (sha256 {run.corpus['sha256'][:12]}), "
+            + ("SYNTHETIC-ASSISTED: " + ", ".join(planted) if planted else "natural text only"))
+
+
+def summary_lines(run, a, control=None):
     early, late = context_indices(run.config.n_ctx)
     lines = [f"{run.dir}: {run.config.n_layers}-layer, {int(a['tokens'][-1]):,} training tokens",
+             data_line(run),
              f"  final train loss {a['final_train_loss']:.3f}   eval loss {a['eval_loss'][0]:.3f} -> "
              f"{a['eval_loss'][-1]:.3f}",
              f"  ICL score (loss at index {late} minus index {early}, {len(run.eval_tokens)} eval "
@@ -106,8 +118,10 @@ def summary_lines(run, a):
                      if run.config.n_layers > 1 else
                      "  phase change: none detected (no head's prefix matching rose by 0.1)")
     else:
+        width = (a['window'][1] - a['window'][0]) / a['tokens'][-1]
         lines.append(f"  phase change window (prefix matching 10%->90% of its rise): "
-                     f"{a['window'][0] / 1e6:.2f}M -> {a['window'][1] / 1e6:.2f}M tokens")
+                     f"{a['window'][0] / 1e6:.2f}M -> {a['window'][1] / 1e6:.2f}M tokens "
+                     f"({width:.0%} of the run)")
     if a["icl_window"] is not None:
         lines.append(f"  ICL score's steepest fall (the Model Analysis Table's window): "
                      f"{a['icl_window'][0] / 1e6:.2f}M -> {a['icl_window'][1] / 1e6:.2f}M tokens")
@@ -116,7 +130,23 @@ def summary_lines(run, a):
                      f"{a['icl_across'][0]:+.3f} -> {a['icl_across'][1]:+.3f} nats")
     heads = ", ".join(f"{l}.{h}: {b:.2f} -> {e:.2f}" for l, h, b, e in a["rising_heads"])
     lines.append(f"  heads whose prefix matching rose: {heads or 'none'}")
+    if control is not None:
+        lines.append(control_gap_line(a, control))
     return lines
+
+
+def control_gap_line(a, control):
+    """The loss bump as the gap between this model's eval loss and its 1-layer control's, at
+    the measurements both have (the same snapshot tokens when trained alike)."""
+    shared, mine, theirs = np.intersect1d(a["icl_tokens"], control["icl_tokens"],
+                                          return_indices=True)
+    if len(shared) < 2:
+        return "  eval loss minus the control's: no shared measurement points"
+    gap = a["eval_loss"][mine] - control["eval_loss"][theirs]
+    steepest = int(np.argmin(np.diff(gap)))
+    return (f"  eval loss minus the 1-layer control's: {gap[0]:+.3f} -> {gap[-1]:+.3f} nats; "
+            f"steepest fall {shared[steepest] / 1e6:.2f}M -> {shared[steepest + 1] / 1e6:.2f}M "
+            f"tokens ({gap[steepest + 1] - gap[steepest]:+.3f})")
 
 
 def plot(run, a, path, control=None):
@@ -188,7 +218,7 @@ def main(argv=None):
     except OSError as e:
         print(f"error: {e.filename or args.png}: cannot write ({e.strerror or e})", file=sys.stderr)
         return 2
-    print("\n".join(summary_lines(run, a)))
+    print("\n".join(summary_lines(run, a, control)))
     with contextlib.suppress(OSError):   # a cache beside the run: none in a read-only run folder
         atomic_write_text(run.dir / "phase_change.json", to_json(a))
     print(f"  figure: {png}")
