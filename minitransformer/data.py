@@ -60,8 +60,10 @@ def _eval_names(names, eval_fraction):
 
 def _read_text(path, flag="--corpus"):
     data = path.read_bytes()
-    if b"\x00" in data[:8192]:
-        raise ValueError(f"{flag} {path}: looks binary (contains NUL bytes); give text files")
+    if b"\x00" in data:     # anywhere: NUL is the start-of-document token (BOS)
+        at = data.index(b"\x00")
+        raise ValueError(f"{flag} {path}: contains a NUL byte (at byte {at}), which marks the "
+                         f"start of a document here; give text files")
     try:
         data.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -30,7 +30,7 @@ def test_folder_corpus_and_its_errors(tmp_path):
     (tmp_path / "doc0.txt").write_text("changed")
     assert load_corpus(tmp_path).sha256 != corpus.sha256
     (tmp_path / "image.bin").write_bytes(b"\x89PNG\x00\x00\x01")
-    with pytest.raises(ValueError, match=r"--corpus .*image.bin: looks binary"):
+    with pytest.raises(ValueError, match=r"--corpus .*image.bin: contains a NUL byte"):
         load_corpus(tmp_path)
     with pytest.raises(ValueError, match=r"--corpus .*missing: no such file or folder"):
         load_corpus(tmp_path / "missing")
@@ -38,6 +38,10 @@ def test_folder_corpus_and_its_errors(tmp_path):
     empty.write_text("  \n")
     with pytest.raises(ValueError, match=r"--corpus .*empty.txt: the file is empty"):
         load_corpus(empty)
+    late_nul = tmp_path / "late.txt"                         # past the first 8 KB too
+    late_nul.write_bytes(b"text " * 4000 + b"\x00" + b"more")
+    with pytest.raises(ValueError, match=r"late.txt: contains a NUL byte \(at byte 20000\)"):
+        load_corpus(late_nul)
     latin = tmp_path / "latin.txt"
     latin.write_bytes("café".encode("latin-1"))
     with pytest.raises(ValueError, match=r"latin.txt: not UTF-8 text"):
