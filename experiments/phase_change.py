@@ -143,10 +143,11 @@ def control_gap_line(a, control):
     if len(shared) < 2:
         return "  eval loss minus the control's: no shared measurement points"
     gap = a["eval_loss"][mine] - control["eval_loss"][theirs]
-    steepest = int(np.argmin(np.diff(gap)))
+    smooth = _moving_average(gap, 5)
+    steepest = int(np.argmin(np.diff(smooth)))
     return (f"  eval loss minus the 1-layer control's: {gap[0]:+.3f} -> {gap[-1]:+.3f} nats; "
-            f"steepest fall {shared[steepest] / 1e6:.2f}M -> {shared[steepest + 1] / 1e6:.2f}M "
-            f"tokens ({gap[steepest + 1] - gap[steepest]:+.3f})")
+            f"steepest fall (smoothed over 5 measurements) {shared[steepest] / 1e6:.2f}M -> "
+            f"{shared[steepest + 1] / 1e6:.2f}M tokens ({smooth[steepest + 1] - smooth[steepest]:+.3f})")
 
 
 def plot(run, a, path, control=None):

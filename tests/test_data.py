@@ -105,3 +105,14 @@ def test_repeat_spans_copies_a_span_later_in_the_window():
         values, counts = np.unique(row, return_counts=True)
         repeated = values[counts == 2]
         assert 8 <= len(repeated) <= 32        # one span of n_ctx/8 .. n_ctx/2 tokens, seen twice
+
+
+def test_default_presets_train_on_natural_text_and_the_mixed_ones_say_so():
+    from minitransformer.presets import PRESETS, preset
+    for name in [f"attn-only-{n}l" for n in range(1, 7)] + [f"mlp-{n}l" for n in range(1, 7)] + \
+            ["smeared-1l", "smeared-2l"]:
+        _, train = preset(name)
+        assert train["corpus"] == "stdlib" and not train.get("synthetic_fraction") \
+            and not train.get("repeat_fraction"), name
+    mixed = [name for name in PRESETS if name.endswith("-mixed")]
+    assert len(mixed) == 6 and all(preset(name)[1]["synthetic_fraction"] == 0.5 for name in mixed)
