@@ -37,16 +37,15 @@ def stdlib_files(tests=True):
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
     skip = NEVER_DIRS if tests else NEVER_DIRS | TEST_DIRS
     files = [p for p in sorted(root.rglob("*.py"))
-             if not skip & set(p.relative_to(root).parts[:-1]) and _is_text(p.read_bytes())]
+             if not skip & set(p.relative_to(root).parts[:-1]) and _is_text(p)]
     return root, files
 
 
-def _is_text(data):
-    if b"\x00" in data:
-        return False
+def _is_text(path):
+    """Would _read_text accept it: the one definition of a text file here."""
     try:
-        data.decode("utf-8")
-    except UnicodeDecodeError:
+        _read_text(path)
+    except ValueError:
         return False
     return True
 
