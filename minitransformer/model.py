@@ -225,7 +225,7 @@ class Model:
         that is not a hook point, or one never reached (queries, keys and scores of a layer
         whose pattern is replayed), or an fn that is not callable."""
         hooks = dict(hooks or {})
-        names = set(self.hook_names())
+        names = set(self.hook_names()) if hooks else set()
         for name, fn in hooks.items():
             if name not in names:
                 cfg = self.config
@@ -240,7 +240,6 @@ class Model:
                 raise ValueError(f"hooks: {name} is never reached: that layer's pattern is "
                                  f"replayed (patterns=), so no queries, keys or scores are made")
         return hooks
-
 
     def _ln(self, x, name):
         if self.config.normalization_type != "LN":
