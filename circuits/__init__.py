@@ -1,11 +1,15 @@
 """circuits: the paper's analyses of attention heads, from the weights (QK/OV circuits,
-eigenvalues, composition) and from activations (head evaluators, ablations)."""
+eigenvalues, composition) and from activations (head evaluators, ablations, activation
+patching)."""
 from .ablation import (AblationLosses, ablation_logits, ablation_losses, context_indices,
                        every_head, icl_change, icl_score, loss_projection)
 from .evaluators import (classify_heads, copying_score, prefix_matching_score,
                          previous_token_score, repeated_random_tokens)
 from .factored import FactoredMatrix
 from .handmade import induction_model
+from .patching import (InductionPatching, induction_pairs, induction_patching,
+                       logit_diff_metric, loss_metric, normalise, patch_head_out, patch_hook,
+                       patch_resid)
 from .paths import attention_score_terms, logit_path_terms, path_name, sum_terms
 from .weights import (composition_baseline, composition_scores, full_ov_circuit, full_qk_circuit,
                       ov_circuit, ov_copying_score, prev_token_qk_trace, previous_token_attention,
@@ -16,6 +20,8 @@ __all__ = ["AblationLosses", "ablation_logits", "ablation_losses", "context_indi
            "classify_heads", "copying_score", "prefix_matching_score", "previous_token_score",
            "repeated_random_tokens",
            "FactoredMatrix", "induction_model",
+           "InductionPatching", "induction_pairs", "induction_patching", "logit_diff_metric",
+           "loss_metric", "normalise", "patch_head_out", "patch_hook", "patch_resid",
            "attention_score_terms", "logit_path_terms", "path_name", "sum_terms",
            "composition_baseline", "composition_scores", "full_ov_circuit", "full_qk_circuit",
            "ov_circuit", "ov_copying_score", "prev_token_qk_trace", "previous_token_attention",

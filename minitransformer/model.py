@@ -10,14 +10,17 @@ import numpy as np
 from . import ops
 from .backend import resolve_device, to_numpy
 from .config import ModelConfig
+from .hooks import HookPoints
 from .params import check_params, init_params
 
+ATTENTION_HOOKS = ("hook_v", "hook_q", "hook_k", "hook_attn_scores", "hook_pattern", "hook_z",
+                   "hook_result")   # in the order attention_forward reaches them
 BlockCache = namedtuple("BlockCache", "ln1 attn ln2 mlp")
-ForwardCache = namedtuple("ForwardCache", "tokens embed blocks ln_final unembed")
+ForwardCache = namedtuple("ForwardCache", "tokens embed blocks ln_final unembed replaced")
 
 
 class Model:
-    """Model(config, params=None, seed=0, device="cpu", dtype=np.float32).
+    """Model(config, params=None, seed=0, device="cpu", dtype=np.float32, smear=None).
 
     config: a ModelConfig or a dict of its fields. params: {TransformerLens name: array};
     None initialises from numpy.random.default_rng(seed) on the host, then moves to the
@@ -32,10 +35,25 @@ class Model:
                                        different head per batch row, vectorising ablations
       patterns={"blocks.{l}.attn.hook_pattern": (B,H,T,T)} replay recorded patterns in those
                                        layers (with zero_heads: a pattern-preserving ablation)
+
+    Hooks, TransformerLens-style, accepted by the same four (and forward_train):
+      hooks={name: fn}   at each hook point of hook_names() fn(activation, name) sees the
+                         activation in TransformerLens's shape (hook_z (B,T,H,E), hook_pattern
+                         (B,H,T,T), ...; read-only on NumPy) and returns None to keep it or a
+                         replacement of the same shape, which the rest of the forward uses:
+                         a new hook_z is what W_O reads, a new hook_pattern makes z, a new
+                         blocks.{l}.hook_resid_post is what layer l+1 reads. zero_heads and
+                         head_mask act before hook_z, patterns= before hook_pattern.
+      loss_and_grads accepts hooks that only read; one that returned a replacement is a
+      ValueError (the backward does not run through hooks).
+
+    smear: the smeared key's op pair (forward, backward); None: ops.smear_forward and
+    ops.smear_backward (exercise 13 trains with a student's).
     """
 
-    def __init__(self, config, params=None, seed=0, device="cpu", dtype=np.float32):
+    def __init__(self, config, params=None, seed=0, device="cpu", dtype=np.float32, smear=None):
         self.config = ModelConfig.from_dict(config)
+        self.smear = (ops.smear_forward, ops.smear_backward) if smear is None else tuple(smear)
         self.xp = resolve_device(device)
         self.dtype = np.dtype(dtype)
         host = init_params(self.config, seed, self.dtype) if params is None else params
@@ -45,7 +63,8 @@ class Model:
     # ---- public API -----------------------------------------------------------------------
 
     def forward(self, tokens, **interventions):
-        """tokens (B,T) or (T,) int -> logits (B,T,V) as a NumPy array."""
+        """tokens (B,T) or (T,) int -> logits (B,T,V) as a NumPy array. interventions:
+        zero_heads, head_mask, patterns, hooks (see the class)."""
         return to_numpy(self.forward_train(tokens, **interventions)[0])
 
     def run_with_cache(self, tokens, **interventions):
@@ -53,7 +72,8 @@ class Model:
         hook_embed, hook_pos_embed, blocks.{l}.hook_resid_pre|hook_attn_out|hook_resid_mid|
         hook_mlp_out|hook_resid_post, blocks.{l}.attn.hook_q|hook_k|hook_v|hook_z (B,T,H,E),
         hook_attn_scores|hook_pattern (B,H,T,T), hook_result (B,T,H,D) (each head's output,
-        b_O excluded), blocks.{l}.mlp.hook_pre|hook_post, ln_final.hook_normalized."""
+        b_O excluded), blocks.{l}.mlp.hook_pre|hook_post, ln_final.hook_normalized: the
+        activations as they flowed on, after any hook's replacement."""
         acts = {}
         logits, _ = self.forward_train(tokens, record=acts, **interventions)
         return to_numpy(logits), {k: to_numpy(v) for k, v in acts.items()}
@@ -65,7 +85,8 @@ class Model:
 
     def loss_and_grads(self, tokens, **interventions):
         """Next-token loss averaged over the B*(T-1) predictions -> (loss float, grads dict
-        keyed like params, arrays on the model's device)."""
+        keyed like params, arrays on the model's device). hooks= may read activations; a
+        hook that returns a replacement is a ValueError (the backward ignores hooks)."""
         B, T = self.tokens(tokens).shape
         if B == 0 or T < 2:
             raise ValueError(f"tokens: shape {(B, T)}; a loss needs at least one sequence of at "
@@ -91,62 +112,62 @@ class Model:
                              f"[{host.min()}, {host.max()}]")
         return self.xp.asarray(host, dtype=np.int64)
 
-    def forward_train(self, tokens, zero_heads=None, head_mask=None, patterns=None, record=None):
-        """-> (logits (B,T,V) on the device, ForwardCache for backward). `record`, a dict,
-        is filled with activations under TransformerLens hook names."""
+    def forward_train(self, tokens, zero_heads=None, head_mask=None, patterns=None, record=None,
+                      hooks=None):
+        """-> (logits (B,T,V) on the device, ForwardCache for backward). Every activation
+        passes through its hook point: `hooks` may read or replace it, `record`, a dict, is
+        filled with what flows on, under TransformerLens hook names."""
         cfg, p, xp = self.config, self.params, self.xp
         tokens = self.tokens(tokens)
-        B, T = tokens.shape
+        T = tokens.shape[1]
         masks = self._head_masks(zero_heads, head_mask)
-        rec = record if record is not None else {}
-        keep = record is not None
+        patterns = patterns or {}
+        hook = HookPoints(self._checked_hooks(hooks, patterns), record)
         resid, embed_cache = ops.embed_forward(tokens, p["embed.W_E"])       # (B,T,D)
-        if keep:
-            rec["hook_embed"] = resid
-        pos = p["pos_embed.W_pos"][:T] if "pos_embed.W_pos" in p else None  # (T,D)
-        if keep and pos is not None:
-            rec["hook_pos_embed"] = xp.broadcast_to(pos, (B,) + pos.shape)
+        resid = hook("hook_embed", resid)
+        pos = None
+        if "pos_embed.W_pos" in p:   # a view: W_pos[:T] for every batch row, as TransformerLens
+            pos = hook("hook_pos_embed", xp.broadcast_to(p["pos_embed.W_pos"][:T], resid.shape))
         if cfg.positional_embedding_type == "standard":
             resid = resid + pos
         blocks = []
         for l in range(cfg.n_layers):
             b = f"blocks.{l}."
-            if keep:
-                rec[b + "hook_resid_pre"] = resid
+            resid = hook(b + "hook_resid_pre", resid)
             x, ln1 = self._ln(resid, b + "ln1")
             qk_in = x + pos if cfg.positional_embedding_type == "shortformer" else x
-            replay = None if patterns is None else patterns.get(b + "attn.hook_pattern")
+            replay = patterns.get(b + "attn.hook_pattern")
             attn_out, attn = ops.attention_forward(
                 qk_in, x, *(p[b + "attn." + n] for n in
                             ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")),
                 alpha=p.get(b + "attn.alpha"), head_mask=masks.get(l),
                 pattern=None if replay is None else xp.asarray(replay, dtype=self.dtype),
-                keep_scores=keep)
-            resid = resid + attn_out
-            if keep:
-                self._record_attention(rec, b, attn, attn_out)
+                hook=hook.scope(b + "attn."), smear_forward=self.smear[0])
+            resid = resid + hook(b + "hook_attn_out", attn_out)
             ln2 = mlp = None
             if not cfg.attn_only:
-                if keep:
-                    rec[b + "hook_resid_mid"] = resid
+                resid = hook(b + "hook_resid_mid", resid)
                 x2, ln2 = self._ln(resid, b + "ln2")
                 mlp_out, mlp = ops.mlp_forward(x2, p[b + "mlp.W_in"], p[b + "mlp.b_in"],
-                                               p[b + "mlp.W_out"], p[b + "mlp.b_out"], cfg.act_fn)
-                resid = resid + mlp_out
-                if keep:
-                    rec[b + "mlp.hook_pre"], rec[b + "mlp.hook_post"] = mlp[4], mlp[5]
-                    rec[b + "hook_mlp_out"] = mlp_out
-            if keep:
-                rec[b + "hook_resid_post"] = resid
+                                               p[b + "mlp.W_out"], p[b + "mlp.b_out"], cfg.act_fn,
+                                               hook=hook.scope(b + "mlp."))
+                resid = resid + hook(b + "hook_mlp_out", mlp_out)
+            resid = hook(b + "hook_resid_post", resid)
             blocks.append(BlockCache(ln1, attn, ln2, mlp))
         x, ln_final = self._ln(resid, "ln_final")
-        if keep:
-            rec["ln_final.hook_normalized"] = x
+        x = hook("ln_final.hook_normalized", x)
         logits, unembed = ops.linear_forward(x, p["unembed.W_U"], p["unembed.b_U"])  # (B,T,V)
-        return logits, ForwardCache(tokens, embed_cache, blocks, ln_final, unembed)
+        return logits, ForwardCache(tokens, embed_cache, blocks, ln_final, unembed,
+                                    tuple(hook.replaced))
 
     def backward(self, dlogits, cache):
-        """dlogits (B,T,V) -> grads {param name: array}, the forward's ops in reverse order."""
+        """dlogits (B,T,V) -> grads {param name: array}, the forward's ops in reverse order.
+        A forward in which a hook replaced an activation is refused: the backward does not
+        run through hooks, so its gradients would be of another function."""
+        if cache.replaced:
+            raise ValueError(f"backward: the hooks at {', '.join(cache.replaced)} replaced "
+                             f"activations, and the backward does not run through hooks; only "
+                             f"hooks that return None (read-only) are allowed with gradients")
         cfg, p = self.config, self.params
         grads = {}
         dx, grads["unembed.W_U"], grads["unembed.b_U"] = ops.linear_backward(dlogits, cache.unembed)
@@ -159,7 +180,8 @@ class Model:
                 grads.update(zip((b + "mlp.W_in", b + "mlp.b_in", b + "mlp.W_out",
                                   b + "mlp.b_out"), mlp_grads))
                 dresid = dresid + self._ln_backward(dx2, blk.ln2, b + "ln2", grads)
-            dqk_in, dx, attn_grads = ops.attention_backward(dresid, blk.attn)
+            dqk_in, dx, attn_grads = ops.attention_backward(dresid, blk.attn,
+                                                            smear_backward=self.smear[1])
             for name, g in attn_grads.items():
                 grads[b + "attn." + name] = g
             if dqk_in is not None:
@@ -181,7 +203,43 @@ class Model:
             grads["pos_embed.W_pos"] = dW_pos
         return {k: grads[k] for k in p}   # the params' order
 
+    def hook_names(self):
+        """Every hook point of this model (TransformerLens names), in the order the forward
+        reaches them."""
+        cfg = self.config
+        names = ["hook_embed"] + (["hook_pos_embed"] if "pos_embed.W_pos" in self.params else [])
+        for l in range(cfg.n_layers):
+            b = f"blocks.{l}."
+            names += [b + "hook_resid_pre"] + [b + "attn." + n for n in ATTENTION_HOOKS]
+            names += [b + "hook_attn_out"]
+            if not cfg.attn_only:
+                names += [b + "hook_resid_mid", b + "mlp.hook_pre", b + "mlp.hook_post",
+                          b + "hook_mlp_out"]
+            names += [b + "hook_resid_post"]
+        return names + ["ln_final.hook_normalized"]
+
     # ---- helpers --------------------------------------------------------------------------
+
+    def _checked_hooks(self, hooks, patterns):
+        """hooks {name: fn} (or (name, fn) pairs) -> a dict; a one-line error for a name
+        that is not a hook point, or one never reached (queries, keys and scores of a layer
+        whose pattern is replayed), or an fn that is not callable."""
+        hooks = dict(hooks or {})
+        names = set(self.hook_names()) if hooks else set()
+        for name, fn in hooks.items():
+            if name not in names:
+                cfg = self.config
+                raise ValueError(f"hooks: {name!r} is not a hook point of this model "
+                                 f"({cfg.n_layers} layers{', attention-only' if cfg.attn_only else ''}"
+                                 f"); Model.hook_names() lists them")
+            if not callable(fn):
+                raise ValueError(f"hooks: {name}: {fn!r} is not a function fn(activation, name)")
+            layer, _, point = name.rpartition(".attn.")
+            if point in ("hook_q", "hook_k", "hook_attn_scores") and \
+                    layer + ".attn.hook_pattern" in patterns:
+                raise ValueError(f"hooks: {name} is never reached: that layer's pattern is "
+                                 f"replayed (patterns=), so no queries, keys or scores are made")
+        return hooks
 
     def _ln(self, x, name):
         if self.config.normalization_type != "LN":
@@ -210,17 +268,3 @@ class Model:
             mask[..., head] = 0.0
             masks[layer] = mask
         return masks
-
-    def _record_attention(self, rec, b, attn, attn_out):
-        """Store one layer's attention activations in TransformerLens's shapes."""
-        a = b + "attn."
-        rec[a + "hook_v"] = attn.v.transpose(0, 2, 1, 3)                     # (B,T,H,E)
-        if attn.q is not None:   # None when the pattern was replayed
-            rec[a + "hook_q"] = attn.q.transpose(0, 2, 1, 3)
-            rec[a + "hook_k"] = attn.k.transpose(0, 2, 1, 3)
-            rec[a + "hook_attn_scores"] = attn.scores                       # (B,H,T,T)
-        rec[a + "hook_pattern"] = attn.pattern                                # (B,H,T,T)
-        z = attn.z if attn.head_mask is None else attn.z * attn.head_mask
-        rec[a + "hook_z"] = z.transpose(0, 2, 1, 3)                          # (B,T,H,E)
-        rec[a + "hook_result"] = self.xp.einsum("bhte,hed->bthd", z, attn.W_O)  # (B,T,H,D)
-        rec[b + "hook_attn_out"] = attn_out

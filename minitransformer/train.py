@@ -163,10 +163,12 @@ def _stored_run(out, cfg, tc, corpus, resume, force):
     return run
 
 
-def train(out, model_config, train_config, resume=False, force=False, progress=True):
+def train(out, model_config, train_config, resume=False, force=False, progress=True,
+          smear=None):
     """Train and save a run in `out` -> the final Run. Every setting, the corpus and the
     folder are checked before anything in `out` is written or deleted; the run's lock is
-    held throughout (a second process on the same `out` is refused)."""
+    held throughout (a second process on the same `out` is refused). smear: the smeared
+    key's op pair (forward, backward) for Model, the engine's by default (exercise 13)."""
     if os.fspath(out) == "":
         raise ValueError("--out: empty; name a run directory")
     if resume and force:
@@ -180,10 +182,10 @@ def train(out, model_config, train_config, resume=False, force=False, progress=T
     with run_lock(out, wait=False):
         _writable_folder(out)
         return _train(out, cfg, tc, corpus, _stored_run(out, cfg, tc, corpus, resume, force),
-                      progress)
+                      progress, smear)
 
 
-def _train(out, cfg, tc, corpus, run, progress):
+def _train(out, cfg, tc, corpus, run, progress, smear):
     tokens_per_step = tc.batch_size * cfg.n_ctx
     total_steps = max(1, math.ceil(tc.total_tokens / tokens_per_step))
     schedule = snapshot_schedule(total_steps, tc.snapshots, tc.snapshot_spacing)
@@ -192,7 +194,7 @@ def _train(out, cfg, tc, corpus, run, progress):
     log = {k: [] for k in LOG_KEYS}
     snapshots, step, elapsed = [], 0, 0.0
     if run is not None:
-        model = Model(cfg, params=run.params(), device=tc.device)
+        model = Model(cfg, params=run.params(), device=tc.device, smear=smear)
         optimizer.state = {k: v if k == "step" else model.xp.asarray(v)
                            for k, v in run.optim_state.items()}
         rng.bit_generator.state = run.rng_state
@@ -202,7 +204,7 @@ def _train(out, cfg, tc, corpus, run, progress):
         elapsed = float(log["seconds"][-1]) if log["seconds"] else 0.0
         eval_tokens, token_counts = run.eval_tokens, run.token_counts
     else:
-        model = Model(cfg, seed=tc.seed, device=tc.device)
+        model = Model(cfg, seed=tc.seed, device=tc.device, smear=smear)
         eval_tokens = eval_set(corpus, tc.n_eval, cfg.n_ctx, tc.eval_seed)
         token_counts = corpus.token_counts(cfg.d_vocab)
     frozen = set() if cfg.pos_trainable else {"pos_embed.W_pos"}

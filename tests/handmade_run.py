@@ -9,16 +9,16 @@ from minitransformer.runs import LOG_KEYS, run_arrays, run_file, save_npz, save_
 STEPS = (0, 10, 20)
 
 
-def write_handmade_run(out, eval_tokens, steps=STEPS):
+def write_handmade_run(out, eval_tokens, steps=STEPS, d_vocab=32):
     snapshots = []
     for step in steps:
-        model = induction_model(d_vocab=32, n_ctx=64, previous_token_head=step > 0)
+        model = induction_model(d_vocab=d_vocab, n_ctx=64, previous_token_head=step > 0)
         params = {k: v.astype(np.float32) for k, v in model.params.items()}
         save_snapshot(out, step, step * 512, params)
         snapshots.append((step, step * 512))
     save_npz(run_file(out), run_arrays(
         model.config.to_dict(), TrainConfig(n_eval=len(eval_tokens)).to_dict(),
-        {"name": "handmade", "sha256": ""}, eval_tokens, np.ones(32, dtype=np.int64),
+        {"name": "handmade", "sha256": ""}, eval_tokens, np.ones(d_vocab, dtype=np.int64),
         {k: np.zeros(steps[-1]) for k in LOG_KEYS}, snapshots, params, {"step": steps[-1]},
         steps[-1], steps[-1] * 512, np.random.default_rng(0).bit_generator.state))
     return out

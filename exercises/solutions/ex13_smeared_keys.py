@@ -11,9 +11,10 @@ head: per head a trainable alpha, s = sigmoid(alpha), and
 What to compute:
   1. smear_keys(k, alpha): the smeared keys and a cache for the backward.
   2. smear_keys_backward(dsmeared, cache): dk and dalpha.
-Then your two functions replace the engine's (minitransformer.ops.attention.smear_forward
-and smear_backward) while a 1-layer smeared model and a 1-layer control train on repeated
-random segments: does the smeared one grow an induction head?
+Then a 1-layer smeared model trains with your two functions in place of the engine's
+(train(..., smear=(smear_keys, smear_keys_backward)); minitransformer.ops.smear_forward
+and smear_backward otherwise), beside a 1-layer control, on repeated random segments:
+does the smeared one grow an induction head?
 
 Shapes: k (B, H, T, E), alpha (H,) -> smeared (B, H, T, E), cache.
         dsmeared (B, H, T, E) -> dk (B, H, T, E), dalpha (H,).
@@ -27,12 +28,10 @@ d sigmoid(a) / da = s (1 - s), and ds multiplies (k - k_prev), summed over B, T,
 Run: python -m exercises.ex13_smeared_keys (about 1 minute: two models)
 Check: make exercise N=13
 """
-import contextlib
 import tempfile
 
 import numpy as np
 
-import minitransformer.ops.attention as attention
 from circuits import prefix_matching_score
 from exercises import common
 from minitransformer.presets import preset
@@ -60,24 +59,14 @@ def smear_keys_backward(dsmeared, cache):
     # END SOLUTION
 
 
-@contextlib.contextmanager
-def your_smear_in_the_engine():
-    """Within the block the engine's attention smears keys with your functions (given)."""
-    kept = attention.smear_forward, attention.smear_backward
-    attention.smear_forward, attention.smear_backward = smear_keys, smear_keys_backward
-    try:
-        yield
-    finally:
-        attention.smear_forward, attention.smear_backward = kept
-
-
 def train_one_layer(out, smeared, total_tokens=800_000, seed=0):
-    """The tiny-induction recipe with one layer, smeared keys or not -> Run (given)."""
+    """The tiny-induction recipe with one layer, smeared keys (by your two functions) or
+    not -> Run (given)."""
     model_config, train_config = preset("tiny-induction")
     model_config.update(n_layers=1, smeared_key=smeared)
     train_config.update(total_tokens=total_tokens, seed=seed, snapshots=9)
-    with your_smear_in_the_engine():
-        return train(out, model_config, train_config, force=True, progress=False)
+    return train(out, model_config, train_config, force=True, progress=False,
+                 smear=(smear_keys, smear_keys_backward))
 
 
 if __name__ == "__main__":

@@ -7,16 +7,17 @@ Per head h (row-vector convention, as TransformerLens):
     pattern = softmax(q k^T / sqrt(E) + causal mask)          z = pattern v
     out = sum_h z[h] W_O[h] + b_O
 The heads are stored unfused (W_Q [H,D,E]); the projections are done as one matmul over
-all heads, which is only a compute detail.
+all heads, which is only a compute detail. Each of q, k, v, the scores, the pattern, z and
+the per-head results passes through a hook point (minitransformer.hooks) on its way.
 """
 from collections import namedtuple
 from functools import lru_cache
 
 from ..backend import array_module
+from ..hooks import NO_HOOKS
 
 AttentionCache = namedtuple(
-    "AttentionCache",
-    "qk_input v_input W_Q W_K W_V W_O q k v scores pattern z head_mask smear replayed")
+    "AttentionCache", "qk_input v_input W_Q W_K W_V W_O q k v pattern z head_mask smear replayed")
 
 
 def _project(x, W, b):
@@ -89,38 +90,79 @@ def smear_backward(dsmeared, cache):
 
 
 def attention_forward(qk_input, v_input, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O,
-                      alpha=None, head_mask=None, pattern=None, keep_scores=False):
+                      alpha=None, head_mask=None, pattern=None, hook=NO_HOOKS,
+                      smear_forward=smear_forward):
     """Causal multi-head attention.
     qk_input (B,T,D): what queries and keys read (shortformer: LN(x) + W_pos).
     v_input (B,T,D): what values read (LN(x)).
     W_Q, W_K, W_V (H,D,E); b_Q, b_K, b_V (H,E); W_O (H,E,D); b_O (D,).
-    alpha (H,) or None: smeared-key logits.
+    alpha (H,) or None: smeared-key logits; smear_forward: the smeared key's op (exercise 13
+    passes its own).
     head_mask (H,) or (B,H) or None: multiplies each head's output (0 ablates it).
     pattern (B,H,T,T) or None: replay this pattern instead of computing one.
-    -> out (B,T,D), cache. cache.pattern (B,H,T,T) is what the evaluators read;
-       cache.scores (B,H,T,T, masked with -inf) is kept only with keep_scores."""
+    hook: the layer's hook points (minitransformer.hooks), shown as TransformerLens shows
+    them: hook_q, hook_k (smeared), hook_v, hook_z (B,T,H,E); hook_attn_scores (masked with
+    -inf), hook_pattern (B,H,T,T); hook_result (B,T,H,D). A replacement changes what follows.
+    -> out (B,T,D), cache. cache.pattern (B,H,T,T) is what the evaluators read."""
     xp = array_module(qk_input)
-    B, T, D = qk_input.shape
-    H, _, E = W_Q.shape
-    v = xp.ascontiguousarray(_project(v_input, W_V, b_V))        # (B,H,T,E)
-    q = k = smear = scores_kept = None
+    v = _hook_heads(hook, "hook_v", xp.ascontiguousarray(_project(v_input, W_V, b_V)))  # (B,H,T,E)
+    q = k = smear = None
     replayed = pattern is not None
     if replayed:
         z = pattern @ v                                          # (B,H,T,E)
     else:
-        q = xp.ascontiguousarray(_project(qk_input, W_Q, b_Q))   # (B,H,T,E)
+        q = _hook_heads(hook, "hook_q", xp.ascontiguousarray(_project(qk_input, W_Q, b_Q)))
         k = xp.ascontiguousarray(_project(qk_input, W_K, b_K))   # (B,H,T,E)
         if alpha is not None:
             k, smear = smear_forward(k, alpha)
-        if keep_scores:   # the blocked core never forms the scores; form them for the cache
-            scores_kept = (q @ k.swapaxes(-1, -2)) * E ** -0.5 + _causal_mask(xp, T, q.dtype)
-        pattern, z = attend_forward_blocked(q, k, v)            # (B,H,T,T), (B,H,T,E)
+        k = _hook_heads(hook, "hook_k", k)
+        pattern, z = _attend(q, k, v, hook)                      # (B,H,T,T), (B,H,T,E)
+    hooked = hook("hook_pattern", pattern)
+    if hooked is not pattern:   # a hook replaced the pattern: z follows it
+        pattern, z = hooked, hooked @ v
     mask = None if head_mask is None else _mask4(xp, head_mask, z.dtype)
-    z_out = z if mask is None else z * mask
-    out = (z_out.transpose(0, 2, 1, 3).reshape(B * T, H * E) @ W_O.reshape(H * E, D)
-           ).reshape(B, T, D) + b_O
-    return out, AttentionCache(qk_input, v_input, W_Q, W_K, W_V, W_O, q, k, v, scores_kept,
-                               pattern, z, mask, smear, replayed)
+    z_out = _hook_heads(hook, "hook_z", z if mask is None else z * mask)
+    out = _output(z_out, W_O, b_O, hook)                         # (B,T,D)
+    return out, AttentionCache(qk_input, v_input, W_Q, W_K, W_V, W_O, q, k, v, pattern, z,
+                               mask, smear, replayed)
+
+
+def _hook_heads(hook, name, x):
+    """x (B,H,T,E) through hook point `name`, which shows it as TransformerLens does, (B,T,H,E)."""
+    if not hook.wants(name):
+        return x
+    shown = x.swapaxes(1, 2)
+    hooked = hook(name, shown)
+    return x if hooked is shown else hooked.swapaxes(1, 2)
+
+
+def _attend(q, k, v, hook):
+    """q, k, v (B,H,T,E) -> pattern (B,H,T,T), z (B,H,T,E), through hook_attn_scores. The
+    blocked core never forms the scores: they are formed only when someone reads them."""
+    if not hook.wants("hook_attn_scores"):
+        return attend_forward_blocked(q, k, v)
+    xp = array_module(q)
+    T, E = q.shape[-2:]
+    scores = (q @ k.swapaxes(-1, -2)) * E ** -0.5 + _causal_mask(xp, T, q.dtype)  # (B,H,T,T)
+    hooked = hook("hook_attn_scores", scores)
+    if hooked is scores:
+        return attend_forward_blocked(q, k, v)   # the numbers training computes
+    pattern = softmax_forward(hooked.copy())     # the copy: softmax works in place
+    return pattern, pattern @ v
+
+
+def _output(z, W_O, b_O, hook):
+    """z (B,H,T,E) -> out (B,T,D) = sum_h z[h] W_O[h] + b_O, through hook_result (B,T,H,D),
+    each head's output: formed only when someone reads it (else one matmul over all heads)."""
+    B, H, T, E = z.shape
+    D = W_O.shape[-1]
+    if hook.wants("hook_result"):
+        result = array_module(z).einsum("bhte,hed->bthd", z, W_O)           # (B,T,H,D)
+        hooked = hook("hook_result", result)
+        if hooked is not result:
+            return hooked.sum(2) + b_O
+    return (z.transpose(0, 2, 1, 3).reshape(B * T, H * E) @ W_O.reshape(H * E, D)
+            ).reshape(B, T, D) + b_O
 
 
 def _mask4(xp, head_mask, dtype):
@@ -129,9 +171,10 @@ def _mask4(xp, head_mask, dtype):
     return m[..., None, None]
 
 
-def attention_backward(dout, cache):
+def attention_backward(dout, cache, smear_backward=smear_backward):
     """dout (B,T,D) -> dqk_input (B,T,D) or None (pattern replayed), dv_input (B,T,D), grads:
-    dict with W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O and alpha (smeared key only)."""
+    dict with W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O and alpha (smeared key only).
+    smear_backward: the backward of the forward's smear_forward."""
     c = cache
     xp = array_module(dout)
     B, T, D = dout.shape

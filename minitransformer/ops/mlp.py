@@ -2,6 +2,7 @@
 import math
 
 from ..backend import array_module
+from ..hooks import NO_HOOKS
 from .linear import linear_forward, linear_backward
 
 _C = math.sqrt(2.0 / math.pi)
@@ -45,11 +46,14 @@ _ACTIVATIONS = {"gelu_new": (gelu_new_forward, gelu_new_backward),
                 "relu": (relu_forward, relu_backward)}
 
 
-def mlp_forward(x, W_in, b_in, W_out, b_out, act_fn="gelu_new"):
-    """x (B,T,D), W_in (D,M), W_out (M,D) -> out (B,T,D), cache."""
+def mlp_forward(x, W_in, b_in, W_out, b_out, act_fn="gelu_new", hook=NO_HOOKS):
+    """x (B,T,D), W_in (D,M), W_out (M,D) -> out (B,T,D), cache.
+    hook: the block's hook points hook_pre and hook_post (B,T,M) (minitransformer.hooks)."""
     act_forward, _ = _ACTIVATIONS[act_fn]
-    pre, in_cache = linear_forward(x, W_in, b_in)          # (B,T,M)
-    post, act_cache = act_forward(pre)                     # (B,T,M)
+    pre, in_cache = linear_forward(x, W_in, b_in)
+    pre = hook("hook_pre", pre)                            # (B,T,M)
+    post, act_cache = act_forward(pre)
+    post = hook("hook_post", post)                         # (B,T,M)
     out, out_cache = linear_forward(post, W_out, b_out)    # (B,T,D)
     return out, (in_cache, act_cache, out_cache, act_fn, pre, post)
 
