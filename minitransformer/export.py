@@ -83,8 +83,9 @@ def transformer_lens_config(config):
     one-line error naming what TransformerLens cannot express."""
     cfg = ModelConfig.from_dict(config)
     if cfg.smeared_key:
-        raise ValueError("smeared_key: TransformerLens has no smeared key (our blocks.{l}.attn.alpha, "
-                         "paper Argument 2), so this model cannot be exported")
+        raise ValueError("smeared_key: TransformerLens has no smeared key (our "
+                         "blocks.{l}.attn.alpha, paper Argument 2), so this model cannot be "
+                         "exported")
     if cfg.positional_embedding_type == "none":
         raise ValueError("positional_embedding_type: 'none' has no TransformerLens equivalent "
                          "(its models all have positions), so this model cannot be exported")
@@ -159,8 +160,8 @@ def save_transformer_lens(model, out, source=None):
 
 
 def export_run(run_or_path, out, step=None):
-    """A run's latest weights (or snapshot `step`) -> `out`, a .safetensors file for TransformerLens 3.x.
-    The config is checked before any weights are read. -> the path written."""
+    """A run's latest weights (or snapshot `step`) -> `out`, a .safetensors file for
+    TransformerLens 3.x. The config is checked before any weights are read. -> the path."""
     run = run_or_path if isinstance(run_or_path, Run) else Run(run_or_path)
     transformer_lens_config(run.config)
     model = run.model(step)
