@@ -72,8 +72,10 @@ class Model:
         hook_embed, hook_pos_embed, blocks.{l}.hook_resid_pre|hook_attn_out|hook_resid_mid|
         hook_mlp_out|hook_resid_post, blocks.{l}.attn.hook_q|hook_k|hook_v|hook_z (B,T,H,E),
         hook_attn_scores|hook_pattern (B,H,T,T), hook_result (B,T,H,D) (each head's output,
-        b_O excluded), blocks.{l}.mlp.hook_pre|hook_post, ln_final.hook_normalized: the
-        activations as they flowed on, after any hook's replacement."""
+        b_O excluded), blocks.{l}.mlp.hook_pre|hook_post, and with LayerNorm
+        blocks.{l}.ln1|ln2.hook_scale (B,T,1)|hook_normalized (B,T,D), ln_final.hook_scale|
+        hook_normalized (before w and b, as TransformerLens's): the activations as they
+        flowed on, after any hook's replacement."""
         acts = {}
         logits, _ = self.forward_train(tokens, record=acts, **interventions)
         return to_numpy(logits), {k: to_numpy(v) for k, v in acts.items()}
@@ -134,7 +136,7 @@ class Model:
         for l in range(cfg.n_layers):
             b = f"blocks.{l}."
             resid = hook(b + "hook_resid_pre", resid)
-            x, ln1 = self._ln(resid, b + "ln1")
+            x, ln1 = self._ln(resid, b + "ln1", hook)
             qk_in = x + pos if cfg.positional_embedding_type == "shortformer" else x
             replay = patterns.get(b + "attn.hook_pattern")
             attn_out, attn = ops.attention_forward(
@@ -147,15 +149,14 @@ class Model:
             ln2 = mlp = None
             if not cfg.attn_only:
                 resid = hook(b + "hook_resid_mid", resid)
-                x2, ln2 = self._ln(resid, b + "ln2")
+                x2, ln2 = self._ln(resid, b + "ln2", hook)
                 mlp_out, mlp = ops.mlp_forward(x2, p[b + "mlp.W_in"], p[b + "mlp.b_in"],
                                                p[b + "mlp.W_out"], p[b + "mlp.b_out"], cfg.act_fn,
                                                hook=hook.scope(b + "mlp."))
                 resid = resid + hook(b + "hook_mlp_out", mlp_out)
             resid = hook(b + "hook_resid_post", resid)
             blocks.append(BlockCache(ln1, attn, ln2, mlp))
-        x, ln_final = self._ln(resid, "ln_final")
-        x = hook("ln_final.hook_normalized", x)
+        x, ln_final = self._ln(resid, "ln_final", hook)
         logits, unembed = ops.linear_forward(x, p["unembed.W_U"], p["unembed.b_U"])  # (B,T,V)
         return logits, ForwardCache(tokens, embed_cache, blocks, ln_final, unembed,
                                     tuple(hook.replaced))
@@ -207,16 +208,21 @@ class Model:
         """Every hook point of this model (TransformerLens names), in the order the forward
         reaches them."""
         cfg = self.config
+        ln = cfg.normalization_type == "LN"
+
+        def norm(name):   # TransformerLens's LayerNorm hook points, where there is a LayerNorm
+            return [name + ".hook_scale", name + ".hook_normalized"] if ln else []
+
         names = ["hook_embed"] + (["hook_pos_embed"] if "pos_embed.W_pos" in self.params else [])
         for l in range(cfg.n_layers):
             b = f"blocks.{l}."
-            names += [b + "hook_resid_pre"] + [b + "attn." + n for n in ATTENTION_HOOKS]
-            names += [b + "hook_attn_out"]
+            names += [b + "hook_resid_pre"] + norm(b + "ln1")
+            names += [b + "attn." + n for n in ATTENTION_HOOKS] + [b + "hook_attn_out"]
             if not cfg.attn_only:
-                names += [b + "hook_resid_mid", b + "mlp.hook_pre", b + "mlp.hook_post",
-                          b + "hook_mlp_out"]
+                names += [b + "hook_resid_mid"] + norm(b + "ln2")
+                names += [b + "mlp.hook_pre", b + "mlp.hook_post", b + "hook_mlp_out"]
             names += [b + "hook_resid_post"]
-        return names + ["ln_final.hook_normalized"]
+        return names + norm("ln_final")
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -241,10 +247,11 @@ class Model:
                                  f"replayed (patterns=), so no queries, keys or scores are made")
         return hooks
 
-    def _ln(self, x, name):
+    def _ln(self, x, name, hook):
         if self.config.normalization_type != "LN":
             return x, None
-        return ops.layernorm_forward(x, self.params[name + ".w"], self.params[name + ".b"])
+        return ops.layernorm_forward(x, self.params[name + ".w"], self.params[name + ".b"],
+                                     hook=hook.scope(name + "."))
 
     def _ln_backward(self, dout, ln_cache, name, grads):
         if ln_cache is None:

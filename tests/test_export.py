@@ -267,11 +267,13 @@ def test_transformer_lens_builds_the_exported_model_from_the_file_alone(run, tl,
     difference = relative_difference(our_logits, their_logits.numpy())
     print(f"max relative logit difference: {difference:.2e}")
     assert difference < 1e-5
-    # the same hook names hold the same activations (ln_final.hook_normalized: after w and b
-    # here, before them in TransformerLens)
-    shared = sorted(set(our_cache) & set(their_cache) - {"ln_final.hook_normalized"})
+    # the same hook names hold the same activations, LayerNorm's too where there is one
+    shared = sorted(set(our_cache) & set(their_cache))
     assert {"blocks.1.attn.hook_pattern", "blocks.1.attn.hook_z", "blocks.1.hook_resid_post",
             "hook_embed"} <= set(shared)
+    if ours.config.normalization_type == "LN":
+        assert {"blocks.0.ln1.hook_scale", "blocks.1.ln2.hook_normalized",
+                "ln_final.hook_normalized"} <= set(shared)
     for name in shared:
         ours = our_cache[name]
         scale = np.abs(ours[np.isfinite(ours)]).max()      # attention scores hold -inf, as theirs

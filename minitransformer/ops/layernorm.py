@@ -1,14 +1,19 @@
 """LayerNorm over the last axis, as TransformerLens's LayerNorm (eps 1e-5, biased variance)."""
+from ..hooks import NO_HOOKS
+
 EPS = 1e-5
 
 
-def layernorm_forward(x, w, b):
-    """x (...,D), w (D,), b (D,) -> out (...,D), cache."""
+def layernorm_forward(x, w, b, hook=NO_HOOKS):
+    """x (...,D), w (D,), b (D,) -> out (...,D), cache. Hook points as TransformerLens's:
+    hook_scale (...,1) the std sqrt(var + eps), hook_normalized (...,D) before w and b."""
     mean = x.mean(-1, keepdims=True)
     centred = x - mean
     variance = (centred * centred).mean(-1, keepdims=True)     # (...,1)
     rstd = (variance + EPS) ** -0.5                             # (...,1)
-    xhat = centred * rstd
+    if hook.wants("hook_scale"):
+        rstd = 1.0 / hook("hook_scale", 1.0 / rstd)
+    xhat = hook("hook_normalized", centred * rstd)
     return xhat * w + b, (xhat, rstd, w)
 
 
