@@ -58,8 +58,11 @@ def repeated_copy_losses(model, token_counts, n=32, length=50, seed=7):
 def analyse(run, points=40):
     """-> PhaseChange: the curves and the summary numbers of a run."""
     steps, tokens = run.snapshot_steps, run.snapshot_tokens
-    scores = [HeadScores.of_run(run, s) for s in steps]
-    pm = np.stack([s.prefix_matching for s in scores])                 # (S, L, H)
+    prefix = []
+    for step in steps:
+        scores = HeadScores.of_run(run, step)
+        prefix.append(scores.prefix_matching)
+    pm = np.stack(prefix)                                               # (S, L, H)
     chosen = evaluated_steps(steps, points)
     losses = [snapshot_losses(run, s) for s in chosen]
     icl = np.array([icl_score(l) for l in losses])
@@ -70,7 +73,7 @@ def analyse(run, points=40):
     rising = [(l, h, float(pm[0, l, h]), float(pm[-1, l, h]))
               for l in range(pm.shape[1]) for h in range(pm.shape[2])
               if pm[-1, l, h] - pm[0, l, h] > 0.1]
-    return PhaseChange(steps=steps, tokens=tokens, prefix_matching=pm, classes=scores[-1].classes,
+    return PhaseChange(steps=steps, tokens=tokens, prefix_matching=pm, classes=scores.classes,
                        icl_steps=chosen, icl_tokens=chosen_tokens, icl=icl,
                        eval_loss=np.array([float(l.mean()) for l in losses]), window=window,
                        icl_window=icl_window(chosen_tokens, icl, near=window),
