@@ -45,13 +45,18 @@ def context_indices(n_ctx):
     return max(1, round(50 / 512 * n_ctx)), min(n_ctx - 1, round(500 / 512 * n_ctx))
 
 
-def loss_at_index(losses, index, half_window=None):
-    """Mean loss at context index `index`, averaged over sequences and over a window of
-    +-half_window indices (default n_ctx/64) so one index's token noise does not dominate."""
-    n_ctx = losses.shape[1] + 1
+def index_window(n_ctx, index, half_window=None):
+    """The columns of per-token losses (..., T-1) read as the loss at context index `index`:
+    indices index +- half_window (default n_ctx/64, so one index's token noise does not
+    dominate), clipped to 1..n_ctx-1. -> a slice."""
     w = max(1, round(n_ctx / 64)) if half_window is None else half_window
-    lo, hi = max(1, index - w), min(n_ctx - 1, index + w)
-    return float(losses[:, lo - 1: hi].mean())
+    return slice(max(1, index - w) - 1, min(n_ctx - 1, index + w))
+
+
+def loss_at_index(losses, index, half_window=None):
+    """Mean loss at context index `index`, averaged over sequences (N, T-1) and over the
+    index_window around it."""
+    return float(losses[:, index_window(losses.shape[1] + 1, index, half_window)].mean())
 
 
 def icl_score(losses, early=None, late=None, half_window=None):

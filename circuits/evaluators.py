@@ -4,16 +4,17 @@ every head of a model from its activations: -> [n_layers, n_heads].
     prefix_matching_score   attention to the token after an earlier copy of the present one
     copying_score           does the head's direct effect raise the logit of what it attends to
     previous_token_score    attention from i to i-1 on real text
-    classify_heads          induction / previous-token / other, from the three
 
-Their weight-based counterparts (circuits.weights) are ov_copying_score and
-prev_token_qk_trace; `python -m circuits.heads RUN --validate` correlates the two views.
+circuits.scores runs them on the one fixed sample every tool uses (HeadScores) and classes
+the heads from them. Their weight-based counterparts (circuits.weights) are
+ov_copying_score and prev_token_qk_trace; `python -m circuits.heads RUN --validate`
+correlates the two views.
 """
 import numpy as np
 
 from minitransformer.data import BOS, candidate_tokens
-from minitransformer.ops.layernorm import EPS as LN_EPS
 
+from . import layernorm
 from .weights import analysis_params, unembed_weights
 
 
@@ -66,8 +67,7 @@ def _final_rstd(model, cache):
     resid = cache[f"blocks.{model.config.n_layers - 1}.hook_resid_post"].astype(np.float64)
     if model.config.normalization_type != "LN":
         return np.ones(resid.shape[:2])
-    centred = resid - resid.mean(-1, keepdims=True)
-    return ((centred ** 2).mean(-1) + LN_EPS) ** -0.5
+    return layernorm.rstd(resid)[..., 0]
 
 
 def copying_score(model, n_examples=10, length=25, token_counts=None, seed=0):
@@ -147,23 +147,4 @@ def previous_token_score(model, tokens, batch=32):
     return total / (len(tokens) * (tokens.shape[1] - 1))
 
 
-# Thresholds of classify_heads. The paper defines an induction head as one that prefix-
-# matches and copies but publishes no cut-offs; these are ours.
-PREFIX_MATCHING_THRESHOLD = 0.3   # about 8x a uniform head's score on BOS + 25 x 4 (~0.04)
-COPYING_THRESHOLD = 0.5           # the attended token raised 3x as much as an average other
-PREVIOUS_TOKEN_THRESHOLD = 0.4    # mean attention on the i-1 diagonal (uniform: ~ln(T)/T)
-
-
-def classify_heads(prefix_matching, copying, previous_token,
-                   prefix_matching_threshold=PREFIX_MATCHING_THRESHOLD,
-                   copying_threshold=COPYING_THRESHOLD,
-                   previous_token_threshold=PREVIOUS_TOKEN_THRESHOLD):
-    """Each head's class from its evaluator scores (L,H): "induction" when prefix matching
-    AND copying reach their thresholds (the paper's definition), else "previous-token" when
-    the previous-token score does, else "other". NaN scores never pass.
-    -> (L,H) array of str."""
-    prefix_matching, copying, previous_token = (np.nan_to_num(np.asarray(x, dtype=float), nan=-np.inf)
-                                                for x in (prefix_matching, copying, previous_token))
-    return np.where((prefix_matching >= prefix_matching_threshold) & (copying >= copying_threshold),
-                    "induction", np.where(previous_token >= previous_token_threshold,
-                                          "previous-token", "other"))
+previous_token_attention = previous_token_score   # its name in circuits.weights, kept for callers

@@ -1,12 +1,13 @@
 """python -m circuits.heads RUN.npz [--step S | --all-steps] [--json] [--ablate] [--validate]
 
-Every head of a run's model scored by the paper's head activation evaluators (method (3)):
+Every head of a run's model scored by the paper's head activation evaluators (method (3)), on
+the one sample of circuits.scores (HEAD_SAMPLE):
   prefix_matching_score   attention to the token after an earlier copy of the present token
                           (BOS + 25 random tokens x 4; uniform attention scores ~0.03)
   copying_score           does its direct effect raise the attended token's logit, in [-1, 1]
                           (0 = no preference, as a random head)
-  previous_token_score    mean attention from i to i-1 on --examples eval sequences
-  class                   circuits.evaluators.classify_heads: induction (prefix matching and
+  previous_token_score    mean attention from i to i-1 on the first 16 eval sequences
+  class                   circuits.scores.classify_heads: induction (prefix matching and
                           copying above their thresholds), previous-token, or other
   icl_change              (--ablate) the change in ICL score on the run's eval set when the
                           head alone is removed by a pattern-preserving ablation (method (2));
@@ -26,96 +27,35 @@ import sys
 
 import numpy as np
 
-from minitransformer.io import atomic_write, output_file
-
-from minitransformer.data import candidate_tokens
+from minitransformer.io import output_file
 from minitransformer.runs import Run
 
 from .ablation import ablation_losses, icl_change, icl_score
-from .evaluators import (COPYING_THRESHOLD, PREFIX_MATCHING_THRESHOLD, PREVIOUS_TOKEN_THRESHOLD,
-                         classify_heads, copying_score, prefix_matching_score,
-                         previous_token_score)
-from .cli import run_parser
+from .cli import (cannot_write, column, error, format_table, head_rows, pyplot, run_parser,
+                  save_figure, selected_steps, snapshots, text, value)
+from .scores import CLASS_RULE
 from .threads import blas_threads
-from .weights import ov_copying_score, prev_token_qk_trace
 
 FIELDS = ["step", "tokens", "layer", "head", "prefix_matching_score", "copying_score",
           "previous_token_score", "class"]
-EVALUATOR_LENGTH = 25   # the evaluators' random sequences
+COLUMNS = [column("prefix", 7, "prefix_matching_score"), column("copying", 8, "copying_score"),
+           column("prev_tok", 8, "previous_token_score")]
 
 
-def _value(x):
-    """NaN (undefined) -> None; NumPy scalars -> Python."""
-    x = float(x)
-    return None if math.isnan(x) else x
-
-
-def evaluator_counts(run):
-    """The run's token counts for the evaluators' random tokens, or None (every token but BOS)
-    when the corpus has too few distinct tokens left after dropping the most and least common."""
-    pool = candidate_tokens(run.token_counts)
-    return run.token_counts if len(pool) >= EVALUATOR_LENGTH else None
-
-
-def head_scores(model, examples, token_counts=None):
-    """The three evaluators and the class of every head -> {name: (L,H) array}."""
-    scores = dict(prefix_matching_score=prefix_matching_score(model, token_counts=token_counts),
-                  copying_score=copying_score(model, token_counts=token_counts),
-                  previous_token_score=previous_token_score(model, examples))
-    scores["class"] = classify_heads(scores["prefix_matching_score"], scores["copying_score"],
-                                     scores["previous_token_score"])
-    return scores
-
-
-def _step_and_tokens(run, step):
-    if step is None:   # the latest weights
-        return int(run.data.get("state.step", -1)), int(run.data.get("state.tokens", -1))
-    return int(step), run.tokens_at(step)
-
-
-def run_rows(run, steps, n_examples=10, ablate=False, n_eval=None):
+def run_rows(run, steps, ablate=False, n_eval=None):
     """One dict per (step, head) for each step in `steps` (None: the latest weights); with
     `ablate`, icl_change from a pattern-preserving ablation of each head on the first n_eval
     eval sequences (all by default), and clean_icl_score, the unablated model's.
     -> (rows, {step: clean ICL score})."""
-    examples = run.eval_tokens[:n_examples]
-    counts = evaluator_counts(run)
     rows, clean_icl = [], {}
-    for step in steps:
-        model = run.model(step)
-        scores = head_scores(model, examples, counts)
-        step, tokens = _step_and_tokens(run, step)
+    for step, tokens, scores in snapshots(run, steps):
+        more = {}
         if ablate:
-            result = ablation_losses(model, run.eval_tokens[:n_eval], method="pattern-preserving")
-            change = icl_change(result).reshape(model.config.n_layers, model.config.n_heads)
+            result = ablation_losses(scores.model, run.eval_tokens[:n_eval], method="pattern-preserving")
+            more["icl_change"] = icl_change(result).reshape(scores.classes.shape)
             clean_icl[step] = icl_score(result.clean)
-        for layer in range(model.config.n_layers):
-            for head in range(model.config.n_heads):
-                row = dict(step=step, tokens=tokens, layer=layer, head=head)
-                row.update({k: _value(scores[k][layer, head]) for k in FIELDS[4:7]})
-                row["class"] = str(scores["class"][layer, head])
-                if ablate:
-                    row["icl_change"] = _value(change[layer, head])
-                rows.append(row)
+        rows += head_rows(step, tokens, scores, FIELDS[4:], more)
     return rows, clean_icl
-
-
-def _text(x, fmt="{:.3f}"):
-    return "-" if x is None else fmt.format(x)
-
-
-def format_table(rows):
-    """A fixed-width table, one line per (step, head)."""
-    ablated = bool(rows) and "icl_change" in rows[0]
-    lines = [f"{'step':>8} {'tokens':>11} {'head':>5} {'prefix':>7} {'copying':>8} {'prev_tok':>8}"
-             + (f" {'icl_change':>10}" if ablated else "") + "  class"]
-    for r in rows:
-        lines.append(f"{r['step']:>8} {r['tokens']:>11,} {r['layer']:>3}.{r['head']:<1} "
-                     f"{_text(r['prefix_matching_score']):>7} {_text(r['copying_score']):>8} "
-                     f"{_text(r['previous_token_score']):>8}"
-                     + (f" {_text(r['icl_change'], '{:+.4f}'):>10}" if ablated else "")
-                     + f"  {r['class']}")
-    return "\n".join(lines)
 
 
 # ---- validation against the weights ------------------------------------------------------
@@ -150,27 +90,22 @@ PAIRS = [("copying_score", "ov_copying_score"),
          ("prefix_matching_score", "prev_token_qk_trace_normalised")]
 
 
-def validation_points(run, steps, n_examples=10):
+def validation_points(run, steps):
     """Every head of every snapshot in `steps`: {name: (S*L*H,)} for the empirical scores,
     ov_copying_score, prev_token_qk_trace (raw and normalised; NaN in layer 0), layer, tokens."""
-    counts = evaluator_counts(run)
-    examples = run.eval_tokens[:n_examples]
     points = {k: [] for k in ("tokens", "layer", "copying_score", "prefix_matching_score",
                               "ov_copying_score", "prev_token_qk_trace",
                               "prev_token_qk_trace_normalised")}
-    for step in steps:
-        model = run.model(step)
-        scores = head_scores(model, examples, counts)
-        trace, normalised = prev_token_qk_trace(model, scores["previous_token_score"])
-        L, H = trace.shape
-        points["tokens"].append(np.full(L * H, _step_and_tokens(run, step)[1]))
+    for _, tokens, scores in snapshots(run, steps):
+        L, H = scores.classes.shape
+        points["tokens"].append(np.full(L * H, tokens))
         points["layer"].append(np.repeat(np.arange(L), H))
-        for name, value in (("copying_score", scores["copying_score"]),
-                            ("prefix_matching_score", scores["prefix_matching_score"]),
-                            ("ov_copying_score", ov_copying_score(model)),
-                            ("prev_token_qk_trace", trace),
-                            ("prev_token_qk_trace_normalised", normalised)):
-            points[name].append(np.asarray(value, dtype=float).ravel())
+        for name, x in (("copying_score", scores.copying),
+                        ("prefix_matching_score", scores.prefix_matching),
+                        ("ov_copying_score", scores.ov_copying),
+                        ("prev_token_qk_trace", scores.prev_token_qk_trace),
+                        ("prev_token_qk_trace_normalised", scores.prev_token_qk_trace_normalised)):
+            points[name].append(np.asarray(x, dtype=float).ravel())
     return {k: np.concatenate(v) for k, v in points.items()}
 
 
@@ -181,17 +116,15 @@ def correlations(points):
         x, y = points[analytic], points[empirical]
         keep = ~(np.isnan(x) | np.isnan(y))
         out.append(dict(empirical=empirical, analytic=analytic, n=int(keep.sum()),
-                        pearson=_value(pearson(x[keep], y[keep])),
-                        spearman=_value(spearman(x[keep], y[keep]))))
+                        pearson=value(pearson(x[keep], y[keep])),
+                        spearman=value(spearman(x[keep], y[keep]))))
     return out
 
 
 def plot_validation(points, stats, path, title):
     """One scatter per pair: analytic score (x) against the evaluator's (y), one point per
     head and snapshot, coloured by layer."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(stats), figsize=(5 * len(stats), 4.2))
     layers = points["layer"].astype(int)
     colours = plt.get_cmap("viridis")(np.linspace(0, 0.85, max(layers.max(initial=0) + 1, 1)))
@@ -204,77 +137,74 @@ def plot_validation(points, stats, path, title):
                            label=f"layer {layer}")
         ax.set_xlabel(s["analytic"])
         ax.set_ylabel(s["empirical"])
-        ax.set_title(f"Pearson {_text(s['pearson'], '{:.2f}')}, Spearman "
-                     f"{_text(s['spearman'], '{:.2f}')} (n={s['n']})", fontsize=9)
+        ax.set_title(f"Pearson {text(s['pearson'], '{:.2f}')}, Spearman "
+                     f"{text(s['spearman'], '{:.2f}')} (n={s['n']})", fontsize=9)
         if s["n"]:
             ax.legend(fontsize=7)
         else:
             ax.text(0.5, 0.5, "no head with both scores defined\n(layer-0 heads have no trace)",
                     ha="center", transform=ax.transAxes)
-    fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=120))
-    plt.close(fig)
+    save_figure(fig, path, title)
+
+
+def print_validation(run, steps, stats, plot_path, as_json):
+    if as_json:
+        print(json.dumps(dict(snapshots=len(steps), correlations=stats, plot=str(plot_path)), indent=1))
+        return
+    print(f"# {run.path}: every head of {len(steps)} snapshots; analytic (x) vs evaluator (y)")
+    for s in stats:
+        print(f"{s['empirical']:>22} vs {s['analytic']:<31} Pearson {text(s['pearson']):>6}  "
+              f"Spearman {text(s['spearman']):>6}  (n={s['n']})")
+    print(f"plot: {plot_path}")
+
+
+def print_rows(run, rows, clean_icl, as_json):
+    if as_json:
+        print(json.dumps(rows, indent=1))
+        return
+    print(f"# {run.path}: {run.config.n_layers} layers x {run.config.n_heads} heads; class: {CLASS_RULE}")
+    columns = COLUMNS
+    if clean_icl:
+        print("# icl_change: ICL score with the head removed (pattern-preserving) minus without; "
+              "clean ICL score " + ", ".join(f"{v:+.4f} (step {k})" for k, v in clean_icl.items()))
+        columns = COLUMNS + [column("icl_change", 10, "icl_change", "{:+.4f}")]
+    print(format_table(rows, columns))
 
 
 def main(argv=None):
-    parser = run_parser("python -m circuits.heads", __doc__)
-    parser.add_argument("--json", action="store_true", help="JSON instead of a table")
+    parser = run_parser("python -m circuits.heads", __doc__, plot_help="--validate's scatter "
+                        "plots (default <run dir>/heads_validate.png)")
     parser.add_argument("--ablate", action="store_true",
                         help="add each head's pattern-preserving ablation's change in ICL score")
     parser.add_argument("--n-eval", type=int, help="eval sequences for --ablate (default: all)")
-    parser.add_argument("--examples", type=int, default=10,
-                        help="eval sequences for the previous-token score (default 10)")
     parser.add_argument("--validate", action="store_true",
                         help="correlate with the weight-based scores over every snapshot")
-    parser.add_argument("--plot", metavar="OUT.png", help="--validate's scatter plots "
-                        "(default <run dir>/heads_validate.png)")
     args = parser.parse_args(argv)
     try:
-        for name in ("n_eval", "examples"):
-            if getattr(args, name) is not None and getattr(args, name) < 1:
-                raise ValueError(f"--{name.replace('_', '-')}: must be at least 1")
+        if args.n_eval is not None and args.n_eval < 1:
+            raise ValueError("--n-eval: must be at least 1")
         if args.plot:
             output_file(args.plot, "--plot")
         run = Run(args.run)
+        steps = selected_steps(run, args, all_by_default=args.validate)
         with blas_threads(1):   # small products on a busy machine: threads only cost
             if args.validate:
-                steps = run.snapshot_steps.tolist() if args.all_steps or args.step is None else [args.step]
-                points = validation_points(run, steps, args.examples)
+                points = validation_points(run, steps)
                 stats = correlations(points)
             else:
-                steps = run.snapshot_steps.tolist() if args.all_steps else [args.step]
-                rows, clean_icl = run_rows(run, steps, args.examples, args.ablate, args.n_eval)
+                rows, clean_icl = run_rows(run, steps, args.ablate, args.n_eval)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.validate:
-        plot_path = pathlib.Path(args.plot) if args.plot else run.dir / "heads_validate.png"
-        try:
-            plot_validation(points, stats, plot_path, f"{run.path}: {len(steps)} snapshots x "
-                            f"{run.config.n_layers * run.config.n_heads} heads")
-        except OSError as e:
-            print(f"error: --plot {plot_path}: cannot write ({e.strerror or e})", file=sys.stderr)
-            return 2
-        if args.json:
-            print(json.dumps(dict(snapshots=len(steps), correlations=stats, plot=str(plot_path)), indent=1))
-        else:
-            print(f"# {run.path}: every head of {len(steps)} snapshots; analytic (x) vs evaluator (y)")
-            for s in stats:
-                print(f"{s['empirical']:>22} vs {s['analytic']:<31} Pearson {_text(s['pearson']):>6}  "
-                      f"Spearman {_text(s['spearman']):>6}  (n={s['n']})")
-            print(f"plot: {plot_path}")
+        return error(e)
+    if not args.validate:
+        print_rows(run, rows, clean_icl, args.json)
         return 0
-    if args.json:
-        print(json.dumps(rows, indent=1))
-        return 0
-    print(f"# {run.path}: {run.config.n_layers} layers x {run.config.n_heads} heads; class: induction "
-          f"if prefix >= {PREFIX_MATCHING_THRESHOLD} and copying >= {COPYING_THRESHOLD}, else "
-          f"previous-token if prev_tok >= {PREVIOUS_TOKEN_THRESHOLD}")
-    if args.ablate:
-        print("# icl_change: ICL score with the head removed (pattern-preserving) minus without; "
-              "clean ICL score " + ", ".join(f"{v:+.4f} (step {k})" for k, v in clean_icl.items()))
-    print(format_table(rows))
+    plot_path = pathlib.Path(args.plot) if args.plot else run.dir / "heads_validate.png"
+    try:
+        plot_validation(points, stats, plot_path, f"{run.path}: {len(steps)} snapshots x "
+                        f"{run.config.n_layers * run.config.n_heads} heads")
+    except OSError as e:
+        return cannot_write("--plot", plot_path, e)
+    print_validation(run, steps, stats, plot_path, args.json)
     return 0
 
 

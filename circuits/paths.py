@@ -20,20 +20,9 @@ import numpy as np
 
 from minitransformer.backend import to_numpy
 from minitransformer.ops.attention import smear_forward
-from minitransformer.ops.layernorm import EPS
 
+from . import layernorm
 from .weights import analysis_params
-
-
-def _frozen_layernorm(params, cfg, name, resid):
-    """LN(x) with its 1/std frozen at resid's: -> (linear map x -> centre(x) * rstd * w,
-    bias b (D,)); the identity and 0 without LayerNorm."""
-    if cfg.normalization_type != "LN":
-        return (lambda x: x), np.zeros(cfg.d_model)
-    centred = resid - resid.mean(-1, keepdims=True)
-    rstd = ((centred ** 2).mean(-1, keepdims=True) + EPS) ** -0.5            # (B,T,1)
-    w = params[name + ".w"]
-    return (lambda x: (x - x.mean(-1, keepdims=True)) * rstd * w), params[name + ".b"]
 
 
 def _forward(model, tokens, patterns):
@@ -62,7 +51,7 @@ def logit_path_terms(model, tokens, patterns=None):
     for layer in range(cfg.n_layers):
         b, a = f"blocks.{layer}.", f"blocks.{layer}.attn."
         pattern = cache[a + "hook_pattern"]                                  # (B,H,T,T)
-        ln, ln_bias = _frozen_layernorm(p, cfg, b + "ln1", cache[b + "hook_resid_pre"])
+        ln, ln_bias = layernorm.frozen(p, cfg, b + "ln1", cache[b + "hook_resid_pre"])
         W_V, W_O = p[a + "W_V"], p[a + "W_O"]
         new = {}
         for path, x in stream.items():
@@ -75,7 +64,7 @@ def logit_path_terms(model, tokens, patterns=None):
         stream[()] = stream[()] + p[a + "b_O"]
         stream.update(new)
     final_resid = cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
-    ln, ln_bias = _frozen_layernorm(p, cfg, "ln_final", final_resid)
+    ln, ln_bias = layernorm.frozen(p, cfg, "ln_final", final_resid)
     terms = {path: ln(x) @ p["unembed.W_U"] for path, x in stream.items()}
     terms[()] = terms[()] + ln_bias @ p["unembed.W_U"] + p["unembed.b_U"]
     return terms
@@ -111,7 +100,7 @@ def attention_score_terms(model, tokens, layer, patterns=None):
     pos = p["pos_embed.W_pos"][:T] if cfg.positional_embedding_type != "none" else None
     if cfg.positional_embedding_type == "standard":
         sources["pos"] = np.broadcast_to(pos, (B, T, cfg.d_model))
-    ln, ln_bias = _frozen_layernorm(p, cfg, b + "ln1", cache[b + "hook_resid_pre"])
+    ln, ln_bias = layernorm.frozen(p, cfg, b + "ln1", cache[b + "hook_resid_pre"])
 
     def read(name):   # -> {source: (B,H,T,E)} for W_Q or W_K
         W, bias = p[a + "W_" + name], p[a + "b_" + name]

@@ -10,14 +10,12 @@ parameters (x @ W):
 The paper writes column vectors (W_E^T W_QK W_E); the matrices here are its transposes,
 which changes no eigenvalue, trace or norm.
 
-LayerNorm, when the model has it, is folded into the weights that read its output:
-    LN(x) W = ((x - mean x) / std(x)) (w * W) + b W
-The centring and the gain w are linear and fold exactly (W -> centre_rows(w[:,None] W),
-b_X -> b_X + b W); the division by std(x) is a positive number per position that depends
-on the whole residual stream, and is the one thing approximated: it is dropped (taken as
-1). It changes no sign, no copying or positivity score and no normalised trace; it rescales
-raw traces and scores by a positive factor. Shortformer positions are added after LN, so
-they are read by the unfolded W_Q, W_K (`W_Q_pos`, `W_K_pos` below).
+LayerNorm, when the model has it, is folded into the weights that read its output
+(circuits.layernorm.fold): the centring and the gain exactly, the division by std(x) (a
+positive number per position) dropped. It changes no sign, no copying or positivity score
+and no normalised trace; it rescales raw traces and scores by a positive factor.
+Shortformer positions are added after LN, so they are read by the unfolded W_Q, W_K
+(`W_Q_pos`, `W_K_pos` below).
 
 Biases: b_K adds the same amount to every score of a query's row, which the softmax ignores;
 b_Q gives a key-only term (b_Q W_K^T x_key^T), kept out of the full QK circuit and kept in
@@ -38,6 +36,7 @@ import numpy as np
 from minitransformer.backend import to_numpy
 
 from .factored import FactoredMatrix
+from .layernorm import fold
 from .threads import blas_threads
 
 HeadWeights = namedtuple("HeadWeights", "W_Q W_K W_V W_O b_Q b_K b_V b_O W_Q_pos W_K_pos")
@@ -46,14 +45,6 @@ HeadWeights = namedtuple("HeadWeights", "W_Q W_K W_V W_O b_Q b_K b_V b_O W_Q_pos
 def analysis_params(model):
     """The model's parameters as float64 NumPy arrays (eigenvalues want the precision)."""
     return {k: np.asarray(to_numpy(v), dtype=np.float64) for k, v in model.params.items()}
-
-
-def _fold(W, gain, ln_bias, bias):
-    """Fold LN(x) = centre(x) / std * gain + ln_bias into the reader W (...,D,N) and its
-    bias (...,N): centring subtracts each column's mean over D (x - mean x = x C, C W is W
-    with its mean over rows removed)."""
-    folded = gain[:, None] * W
-    return folded - folded.mean(-2, keepdims=True), bias + ln_bias @ W
 
 
 def layer_weights(model, layer, params=None):
@@ -69,7 +60,7 @@ def layer_weights(model, layer, params=None):
     if cfg.normalization_type == "LN":
         gain, ln_bias = p[f"blocks.{layer}.ln1.w"], p[f"blocks.{layer}.ln1.b"]
         for n in "QKV":
-            W["W_" + n], W["b_" + n] = _fold(W["W_" + n], gain, ln_bias, W["b_" + n])
+            W["W_" + n], W["b_" + n] = fold(W["W_" + n], gain, ln_bias, W["b_" + n])
     pos_type = cfg.positional_embedding_type
     W_Q_pos, W_K_pos = {"shortformer": (raw_Q, raw_K), "standard": (W["W_Q"], W["W_K"]),
                         "none": (None, None)}[pos_type]
@@ -81,7 +72,7 @@ def unembed_weights(model, params=None):
     """-> W_U (D,V), b_U (V,) with the final LayerNorm folded in."""
     p = analysis_params(model) if params is None else params
     if model.config.normalization_type == "LN":
-        return _fold(p["unembed.W_U"], p["ln_final.w"], p["ln_final.b"], p["unembed.b_U"])
+        return fold(p["unembed.W_U"], p["ln_final.w"], p["ln_final.b"], p["unembed.b_U"])
     return p["unembed.W_U"], p["unembed.b_U"]
 
 
@@ -201,13 +192,6 @@ def composition_baseline(d_model, d_head, n_samples=200, seed=0):
     second = FactoredMatrix(rng.standard_normal((n_samples, D, E)), rng.standard_normal((n_samples, E, D)))
     with blas_threads(1):   # a stack of small products: threads only cost (circuits/threads.py)
         return float(((first @ second).norm() / (first.norm() * second.norm())).mean())
-
-
-def previous_token_attention(model, tokens):
-    """Kept for earlier callers: circuits.evaluators.previous_token_score (mean attention from
-    i to i-1 over example tokens (B,T)) -> (L,H)."""
-    from .evaluators import previous_token_score   # evaluators imports this module
-    return previous_token_score(model, tokens)
 
 
 def prev_token_qk_trace(model, previous_token_scores):

@@ -31,7 +31,7 @@ Run: python -m exercises.ex07_copying_score    Check: make exercise N=7
 """
 import numpy as np
 
-from circuits import prefix_matching_score, repeated_random_tokens
+from circuits import HeadScores, classify_heads, repeated_random_tokens
 from exercises import common
 
 
@@ -60,10 +60,11 @@ if __name__ == "__main__":
     model = run.model()
     tokens = repeated_random_tokens(10, 40, 1, run.token_counts, seed=0)
     copying = copying_score(model, tokens)
-    prefix = prefix_matching_score(model, token_counts=run.token_counts)
+    library = HeadScores.of_run(run)                 # the tools' scores of the same model
+    prefix = library.prefix_matching
+    classes = classify_heads(prefix, copying, library.previous_token)   # the tools' one rule
     names = [f"{l}.{h}" for l in range(model.config.n_layers) for h in range(model.config.n_heads)]
-    for name, c, p in zip(names, copying.ravel(), prefix.ravel()):
-        kind = "induction" if c > 0.5 and p > 0.3 else ""
+    for name, c, p, kind in zip(names, copying.ravel(), prefix.ravel(), classes.ravel()):
         print(f"head {name}: copying {c:+.2f}   prefix matching {p:.2f}   {kind}")
     fig, ax = plt.subplots(figsize=(6, 3.5))
     x = np.arange(len(names))

@@ -27,7 +27,7 @@ Run: python -m exercises.ex09_positional_qk    Check: make exercise N=9
 """
 import numpy as np
 
-from circuits import previous_token_score
+from circuits import HeadScores
 from exercises import common
 
 
@@ -52,7 +52,7 @@ if __name__ == "__main__":
     plt = common.pyplot()
     run = common.trained_run()
     model = run.model()
-    empirical = previous_token_score(model, run.eval_tokens)            # on real tokens
+    empirical = HeadScores.of_run(run).previous_token                  # on real tokens
     H = model.config.n_heads
     fig, axes = plt.subplots(1, H, figsize=(4 * H, 4), squeeze=False)
     for layer in range(model.config.n_layers):

@@ -31,7 +31,7 @@ Run: python -m exercises.ex10_k_composition    Check: make exercise N=10
 """
 import numpy as np
 
-from circuits import composition_baseline, previous_token_score
+from circuits import HeadScores, composition_baseline
 from exercises import common
 
 
@@ -70,7 +70,7 @@ if __name__ == "__main__":
     run = common.trained_run()
     model = run.model()
     cfg = model.config
-    previous = previous_token_score(model, run.eval_tokens)
+    previous = HeadScores.of_run(run).previous_token     # as circuits.eigen weighs the trace
     scores = k_composition_scores(model, 1, 0)
     baseline = composition_baseline(cfg.d_model, cfg.d_head)
     for b in range(cfg.n_heads):

@@ -1,6 +1,6 @@
 """The rows of the Model Analysis Table as matplotlib functions, and the figures made of them.
 
-Each row is row(ax, model) for one model (a dict from experiments.table.analyse); x is
+Each row is row(ax, model) for one model (a ModelAnalysis, experiments.table); x is
 training tokens (millions) unless noted, and the phase-change window is shaded on every row.
 Heads are coloured by their class at the end of training (induction, previous-token,
 other), or by layer with colour="layer".
@@ -13,33 +13,32 @@ import numpy as np  # noqa: E402
 
 from minitransformer.io import atomic_write  # noqa: E402
 
-from .phase_change import _moving_average  # noqa: E402
-from .table import icl_curve  # noqa: E402
+from .timeseries import best_later_head, icl_curve, moving_average  # noqa: E402
 
 CLASS_COLOURS = {"induction": "#d62728", "previous-token": "#1f77b4", "other": "#9a9a9a"}
 
 
 def _x(model):
-    return model["m"]["tokens"] / 1e6
+    return model.m.tokens / 1e6
 
 
 def _shade(ax, model):
     """The ICL-derivative window (orange) and the prefix-matching onset (dashed)."""
-    if model["window"] is not None:
-        ax.axvspan(model["window"][0] / 1e6, model["window"][1] / 1e6, color="orange", alpha=0.25, lw=0)
-    if model.get("onset") is not None:
-        ax.axvline(model["onset"][0] / 1e6, color="#7b3294", lw=0.8, ls="--")
+    if model.window is not None:
+        ax.axvspan(model.window[0] / 1e6, model.window[1] / 1e6, color="orange", alpha=0.25, lw=0)
+    if model.onset is not None:
+        ax.axvline(model.onset[0] / 1e6, color="#7b3294", lw=0.8, ls="--")
 
 
 def _head_colour(model, l, h, colour):
     if colour == "layer":
         return f"C{l}"
-    return CLASS_COLOURS[str(model["m"]["classes"][l, h])]
+    return CLASS_COLOURS[str(model.m.classes[l, h])]
 
 
 def _heads(ax, model, x, values, colour, skip_layer0=False):
     """One line per head: values (K, L, H) or (K, L*H)."""
-    L, H = int(model["m"]["n_layers"]), int(model["m"]["n_heads"])
+    L, H = int(model.m.n_layers), int(model.m.n_heads)
     values = np.asarray(values).reshape(len(x), L, H)
     for l in range(1 if skip_layer0 else 0, L):
         for h in range(H):
@@ -47,13 +46,13 @@ def _heads(ax, model, x, values, colour, skip_layer0=False):
 
 
 def row_loss(ax, model, colour=None):
-    log = model["run"].log
+    log = model.run.log
     loss = np.asarray(log["loss"])
     k = max(1, len(loss) // 150)
     ax.plot(np.asarray(log["tokens"])[k - 1:] / 1e6, np.convolve(loss, np.ones(k) / k, "valid"),
             lw=0.7, color="C0", label="train")
-    ax.plot(_x(model), model["eval_loss"], color="C1", lw=1.2, label="eval")
-    ax.set_ylim(top=min(ax.get_ylim()[1], float(model["eval_loss"][min(2, len(_x(model)) - 1)]) + 0.5))
+    ax.plot(_x(model), model.eval_loss, color="C1", lw=1.2, label="eval")
+    ax.set_ylim(top=min(ax.get_ylim()[1], float(model.eval_loss[min(2, len(_x(model)) - 1)]) + 0.5))
 
 
 def _heatmap(ax, model, values, cmap, centred=False):
@@ -70,7 +69,7 @@ def _heatmap(ax, model, values, cmap, centred=False):
 
 
 def row_loss_heatmap(ax, model, colour=None):
-    _heatmap(ax, model, model["m"]["ctx_loss"], "viridis")
+    _heatmap(ax, model, model.m.ctx_loss, "viridis")
 
 
 def dloss_dlog_index(ctx_loss, width=0.15):
@@ -88,11 +87,11 @@ def dloss_dlog_index(ctx_loss, width=0.15):
 
 
 def row_loss_derivative(ax, model, colour=None):
-    _heatmap(ax, model, dloss_dlog_index(model["m"]["ctx_loss"]), "RdBu_r", centred=True)
+    _heatmap(ax, model, dloss_dlog_index(model.m.ctx_loss), "RdBu_r", centred=True)
 
 
 def row_icl(ax, model, colour=None):
-    ax.plot(_x(model), model["icl"], color="C2", lw=1.4)
+    ax.plot(_x(model), model.icl, color="C2", lw=1.4)
     ax.axhline(0, color="k", lw=0.5)
 
 
@@ -100,32 +99,32 @@ SENSITIVITY = ((0.05, 0.5), (0.1, 0.98), (0.25, 0.98), (0.02, 0.25))
 
 
 def row_icl_sensitivity(ax, model, colour=None):
-    n = model["m"]["ctx_loss"].shape[1] + 1
+    n = model.m.ctx_loss.shape[1] + 1
     for k, (a, b) in enumerate(SENSITIVITY):
         early, late = max(1, round(a * n)), min(n - 1, round(b * n))
-        ax.plot(_x(model), icl_curve(model["m"]["ctx_loss"], early, late), lw=1, color=f"C{k + 3}",
+        ax.plot(_x(model), icl_curve(model.m.ctx_loss, early, late), lw=1, color=f"C{k + 3}",
                 label=f"{late} - {early}")
-    ax.plot(_x(model), model["icl"], color="C2", lw=1.6, label="default")
+    ax.plot(_x(model), model.icl, color="C2", lw=1.6, label="default")
     ax.axhline(0, color="k", lw=0.5)
 
 
 def row_prefix(ax, model, colour="class"):
-    _heads(ax, model, _x(model), model["m"]["prefix"], colour)
+    _heads(ax, model, _x(model), model.m.prefix, colour)
     ax.set_ylim(-0.02, 1.02)
 
 
 def row_qk_trace(ax, model, colour="class"):
-    _heads(ax, model, _x(model), model["m"]["qk_trace_norm"], colour, skip_layer0=True)
+    _heads(ax, model, _x(model), model.m.qk_trace_norm, colour, skip_layer0=True)
     ax.axhline(0, color="k", lw=0.5)
 
 
 def row_ablation_icl(ax, model, colour="class"):
-    _heads(ax, model, model["ablation_tokens"] / 1e6, model["m"]["ablation_icl"], colour)
+    _heads(ax, model, model.ablation_tokens / 1e6, model.m.ablation_icl, colour)
     ax.axhline(0, color="k", lw=0.5)
 
 
 def row_ablation_before_after(ax, model, colour="class"):
-    _heads(ax, model, model["ablation_tokens"] / 1e6, model["attribution"], colour)
+    _heads(ax, model, model.ablation_tokens / 1e6, model.attribution, colour)
     ax.axhline(0, color="k", lw=0.5)
 
 
@@ -158,7 +157,7 @@ def table_figure(models, rows, path, colour="class"):
             ax.grid(alpha=0.25)
             ax.tick_params(labelsize=7)
             if r == 0:
-                ax.set_title(model["name"], fontsize=9)
+                ax.set_title(model.name, fontsize=9)
             if c == 0:
                 ax.set_ylabel(label, fontsize=8)
             if r == len(rows) - 1:
@@ -174,11 +173,11 @@ def table_figure(models, rows, path, colour="class"):
 def pca_figure(models, coords, ratio, path):
     fig, ax = plt.subplots(figsize=(6, 5))
     for k, model in enumerate(models):
-        xy = coords[model["name"]]
-        ax.plot(xy[:, 0], xy[:, 1], "-", color=f"C{k}", lw=1, label=model["name"])
+        xy = coords[model.name]
+        ax.plot(xy[:, 0], xy[:, 1], "-", color=f"C{k}", lw=1, label=model.name)
         ax.plot(*xy[0], "o", color=f"C{k}", ms=3)
-        i, j = model["before_after_steps"]
-        if model["window"] is not None:
+        i, j = model.before_after_steps
+        if model.window is not None:
             ax.plot(xy[i:j + 1, 0], xy[i:j + 1, 1], "-", color=f"C{k}", lw=4, alpha=0.4)
     ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")
@@ -192,10 +191,10 @@ def loss_derivative_figure(models, path):
     """The curiosity: dLoss/dln(tokens) of each model on one plot."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for k, model in enumerate(models):
-        t = model["m"]["tokens"][1:].astype(float)
-        loss = np.asarray(model["eval_loss"][1:], dtype=float)
+        t = model.m.tokens[1:].astype(float)
+        loss = np.asarray(model.eval_loss[1:], dtype=float)
         slope = np.gradient(loss, np.log(t))
-        ax.plot(t / 1e6, _moving_average(slope, 5), color=f"C{k}", label=model["name"])
+        ax.plot(t / 1e6, moving_average(slope, 5), color=f"C{k}", label=model.name)
     ax.set_xscale("log")
     ax.set_xlabel("training tokens (M, log)")
     ax.set_ylabel("dLoss / d ln(tokens)")
@@ -211,10 +210,8 @@ def pair_figure(pairs, path):
     fig, axes = plt.subplots(2, len(pairs), figsize=(4.5 * len(pairs), 5.5), squeeze=False, sharex="col")
     for c, (model, control) in enumerate(pairs):
         for m, style in ((model, "-"), (control, "--")):
-            axes[0, c].plot(_x(m), m["icl"], style, label=m["name"])
-            pm = m["m"]["prefix"]
-            later = pm[:, 1:] if pm.shape[1] > 1 else pm
-            axes[1, c].plot(_x(m), later.reshape(len(pm), -1).max(1), style, label=m["name"])
+            axes[0, c].plot(_x(m), m.icl, style, label=m.name)
+            axes[1, c].plot(_x(m), best_later_head(m.m.prefix), style, label=m.name)
             _shade(axes[0, c], m)
         axes[0, c].set_ylabel("ICL score")
         axes[1, c].set_ylabel("best prefix matching")

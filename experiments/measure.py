@@ -3,40 +3,76 @@
 
     python -m experiments.measure runs/sweep/attn-only-2l
 
-S snapshots, N eval sequences, T = n_ctx, L layers, H heads, A ablated snapshots.
-  steps, tokens (S,)          the snapshots
-  ctx_loss (S, T-1)           per-token loss averaged over the eval set, by context index
-  random_index (N,)           one fixed random position per eval sequence (paper: "a random
-  random_loss (S, N)            token from each example"), and its loss at every snapshot
-  prefix, copying, prev_token (S, L, H)   the empirical head evaluators (circuits.evaluators)
-  qk_trace, qk_trace_norm (S, L, H)       the Id (x) h_prev (x) W trace from the weights
-  ablation_steps (A,)         snapshots at which every head was ablated alone (pattern-
-  ablation_icl (A, L*H)       preserving), on the first n_ablate eval sequences: the change
-  ablation_random (A, L*H, n)   in ICL score and in the random-token losses
-  classes (L, H)              each head's class at the last snapshot
-  group_names (G,), group_icl (G,)   ablating heads together at the last snapshot (Argument
-  clean_icl_ablate ()                3): induction heads, all other heads; the clean ICL score
-                                     on the same sequences
-The per-token losses themselves are cached per snapshot by experiments.losses.
+The head scores are circuits.scores's (HeadScores, on its one sample); the per-token losses
+themselves are cached per snapshot by experiments.losses.
 """
 import argparse
+import dataclasses
 import sys
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from circuits import (ablation_losses, classify_heads, copying_score, icl_change, icl_score,
-                      prefix_matching_score, prev_token_qk_trace, previous_token_score)
+from circuits import HeadScores, ablation_losses, icl_change, icl_score
 from circuits.threads import blas_threads
 from minitransformer.runs import Run, read_npz, run_file, save_npz
 
 from .losses import snapshot_losses
-from .phase_change import evaluated_steps
+from .timeseries import evaluated_steps
 
 VERSION = 1
 N_ABLATE = 128        # eval sequences the ablations run on (each head costs one forward pass)
 ABLATED_SNAPSHOTS = 10
-N_PREVIOUS = 16       # eval sequences for the previous-token score
+HEAD_SCORES = {"prefix": "prefix_matching", "copying": "copying", "prev_token": "previous_token",
+               "qk_trace": "prev_token_qk_trace", "qk_trace_norm": "prev_token_qk_trace_normalised"}
+SCALARS = {"version": int, "clean_icl_ablate": float, "n_layers": int, "n_heads": int}
+
+
+@dataclass(frozen=True)
+class Measurements:
+    """One run's measurements; on disk one .npz member per field, the arrays read-only.
+    S snapshots, N eval sequences, T = n_ctx, L layers, H heads, A ablated snapshots."""
+    prefix: np.ndarray            # (S,L,H) HeadScores.prefix_matching of each snapshot
+    copying: np.ndarray           # (S,L,H) .copying
+    prev_token: np.ndarray        # (S,L,H) .previous_token
+    qk_trace: np.ndarray          # (S,L,H) .prev_token_qk_trace (NaN in layer 0)
+    qk_trace_norm: np.ndarray     # (S,L,H) .prev_token_qk_trace_normalised
+    version: int                  # VERSION
+    steps: np.ndarray             # (S,) the snapshots
+    tokens: np.ndarray            # (S,) their training tokens
+    ctx_loss: np.ndarray          # (S,T-1) per-token loss averaged over the eval set, by index
+    random_index: np.ndarray      # (N,) one fixed random position per eval sequence (paper:
+    random_loss: np.ndarray       # (S,N)  "a random token from each example"), its losses
+    ablation_steps: np.ndarray    # (A,) snapshots at which every head was ablated alone
+    ablation_icl: np.ndarray      # (A,L*H) (pattern-preserving, first n_ablate eval sequences):
+    ablation_random: np.ndarray   # (A,L*H,n) the change in ICL score and random-token losses
+    classes: np.ndarray           # (L,H) HeadScores.classes at the last snapshot
+    group_names: np.ndarray       # (G,) Argument 3's head sets ablated together at the last
+    group_icl: np.ndarray         # (G,)  snapshot (induction heads, all other heads): their
+    clean_icl_ablate: float       #       change in ICL score; the clean score on those sequences
+    n_layers: int
+    n_heads: int
+
+    def __post_init__(self):
+        for field in dataclasses.fields(self):
+            if field.name not in SCALARS:     # a read-only view: the caller's array is untouched
+                view = np.asarray(getattr(self, field.name)).view()
+                view.setflags(write=False)
+                object.__setattr__(self, field.name, view)
+
+    @classmethod
+    def read(cls, path):
+        """-> Measurements from an .npz; a missing member is a ValueError naming it."""
+        arrays = read_npz(path)
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in arrays]
+        if missing:
+            raise ValueError(f"{path}: missing key {missing[0]!r}")
+        return cls(**{f.name: SCALARS[f.name](arrays[f.name]) if f.name in SCALARS else arrays[f.name]
+                      for f in dataclasses.fields(cls)})
+
+    def write(self, path):
+        save_npz(path, {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)})
 
 
 def measurement_file(run):
@@ -49,24 +85,17 @@ def random_positions(n_examples, n_positions, seed=0):
 
 
 def cached_measurements(run, path=None):
-    """The cached measurements of `run` if they are fresh, else None."""
+    """The cached Measurements of `run` if they are fresh (and readable), else None."""
     path = path or measurement_file(run)
     if not path.exists() or path.stat().st_mtime < run_file(run.dir).stat().st_mtime:
         return None
-    cached = read_npz(path)
-    if int(cached.get("version", -1)) != VERSION or not np.array_equal(cached["steps"], run.snapshot_steps):
+    try:
+        cached = Measurements.read(path)
+    except ValueError:   # a broken or partial cache is computed again
+        return None
+    if cached.version != VERSION or not np.array_equal(cached.steps, run.snapshot_steps):
         return None
     return cached
-
-
-def head_scores(run, step):
-    """Empirical and weight-based head scores of one snapshot -> dict of (L,H)."""
-    model = run.model(step)
-    prev = previous_token_score(model, run.eval_tokens[:N_PREVIOUS])
-    trace, trace_norm = prev_token_qk_trace(model, prev)
-    return dict(prefix=prefix_matching_score(model, token_counts=run.token_counts),
-                copying=copying_score(model, token_counts=run.token_counts),
-                prev_token=prev, qk_trace=trace, qk_trace_norm=trace_norm)
 
 
 def group_ablations(classes):
@@ -79,7 +108,7 @@ def group_ablations(classes):
 
 
 def measure_run(run, log=None, force=False):
-    """-> the measurements dict of `run`, from the cache or computed (and cached)."""
+    """-> the Measurements of `run`, from the cache or computed (and cached)."""
     path = measurement_file(run)
     cached = None if force else cached_measurements(run, path)
     if cached is not None:
@@ -88,18 +117,18 @@ def measure_run(run, log=None, force=False):
     steps = run.snapshot_steps
     n, t = run.eval_tokens.shape
     index = random_positions(n, t - 1)
-    ctx_loss, random_loss, scores = [], [], []
+    ctx_loss, random_loss, scores = [], [], {key: [] for key in HEAD_SCORES}
     with blas_threads(1):
         for i, step in enumerate(steps):
             losses = snapshot_losses(run, step)
             ctx_loss.append(losses.mean(0))
             random_loss.append(losses[np.arange(n), index])
-            scores.append(head_scores(run, step))
+            heads = HeadScores.of_run(run, step)
+            for key, name in HEAD_SCORES.items():
+                scores[key].append(getattr(heads, name))
             if log and (i % 10 == 9 or i == len(steps) - 1):
                 log(f"{run.dir.name}: measured {i + 1}/{len(steps)} snapshots, {time.time() - start:.0f} s")
-        out = {key: np.stack([s[key] for s in scores]) for key in scores[0]}
-        cfg = run.config
-        classes = classify_heads(out["prefix"][-1], out["copying"][-1], out["prev_token"][-1])
+        classes = heads.classes
         n_ablate = min(N_ABLATE, n)
         tokens = run.eval_tokens[:n_ablate]
         ablated_steps = evaluated_steps(steps, ABLATED_SNAPSHOTS)
@@ -111,17 +140,18 @@ def measure_run(run, log=None, force=False):
             ab_random.append(result.ablated[:, rows, index[:n_ablate]] - result.clean[rows, index[:n_ablate]])
         groups = group_ablations(classes)
         grouped = ablation_losses(run.model(steps[-1]), tokens, [g for _, g in groups])
-    out.update(version=np.array(VERSION), steps=steps, tokens=run.snapshot_tokens,
-               ctx_loss=np.stack(ctx_loss), random_index=index, random_loss=np.stack(random_loss),
-               ablation_steps=ablated_steps, ablation_icl=np.stack(ab_icl),
-               ablation_random=np.stack(ab_random).astype(np.float32), classes=classes,
-               group_names=np.array([name for name, _ in groups], dtype=str),
-               group_icl=icl_change(grouped), clean_icl_ablate=np.array(icl_score(grouped.clean)),
-               n_layers=np.array(cfg.n_layers), n_heads=np.array(cfg.n_heads))
-    save_npz(path, out)
+    m = Measurements(**{key: np.stack(value) for key, value in scores.items()},
+                     version=VERSION, steps=steps, tokens=run.snapshot_tokens,
+                     ctx_loss=np.stack(ctx_loss), random_index=index, random_loss=np.stack(random_loss),
+                     ablation_steps=ablated_steps, ablation_icl=np.stack(ab_icl),
+                     ablation_random=np.stack(ab_random).astype(np.float32), classes=classes,
+                     group_names=np.array([name for name, _ in groups], dtype=str),
+                     group_icl=icl_change(grouped), clean_icl_ablate=icl_score(grouped.clean),
+                     n_layers=run.config.n_layers, n_heads=run.config.n_heads)
+    m.write(path)
     if log:
         log(f"{run.dir.name}: measurements written to {path} ({time.time() - start:.0f} s)")
-    return out
+    return m
 
 
 def main(argv=None):

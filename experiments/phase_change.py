@@ -2,51 +2,48 @@
 
     python -m experiments.phase_change runs/attn-only-2l [--control runs/attn-only-1l]
 
-Scores every snapshot's heads with the prefix-matching evaluator, measures the in-context-
-learning score and eval loss on the run's fixed eval set at --points snapshots, detects the
-phase-change window, prints a summary and writes <run>/phase_change.png (three aligned
+Scores every snapshot's heads (circuits.scores: each snapshot's prefix matching, the last
+one's classes), measures the in-context-learning score and eval loss on the run's fixed
+eval set at --points snapshots, detects the phase-change window, prints a summary and writes <run>/phase_change.png (three aligned
 panels over training tokens: loss, ICL score, each head's prefix matching, window shaded)
 and <run>/phase_change.json.
 """
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
-from circuits import prefix_matching_score, repeated_random_tokens
+from circuits import HeadScores, repeated_random_tokens
 from minitransformer.io import atomic_write, atomic_write_text, output_file
 from minitransformer.runs import Run
 
 from .losses import context_indices, icl_score, snapshot_losses
+from .timeseries import across, evaluated_steps, icl_window, moving_average, prefix_onset
 
 
-def rise_window(x, y, min_rise=0.1, lo=0.1, hi=0.9):
-    """Where a curve makes its rise: from the first x at which its running maximum has made
-    `lo` of its total rise to the first at which it has made `hi`. None when the total rise
-    is under min_rise (no phase change)."""
-    y = np.asarray(y, dtype=float)
-    peak = np.maximum.accumulate(y)
-    rise = peak[-1] - y[0]
-    if rise < min_rise:
-        return None
-    start = int(np.argmax(peak >= y[0] + lo * rise))
-    end = int(np.argmax(peak >= y[0] + hi * rise))
-    return float(x[start]), float(x[end])
-
-
-def _moving_average(y, k):
-    """Centred moving average over k points (fewer at the ends)."""
-    y = np.asarray(y, dtype=float)
-    half = k // 2
-    return np.array([y[max(0, i - half): i + half + 1].mean() for i in range(len(y))])
-
-
-def evaluated_steps(steps, points):
-    """About `points` snapshot steps, evenly spread, first and last included."""
-    index = np.unique(np.round(np.linspace(0, len(steps) - 1, min(points, len(steps)))).astype(int))
-    return steps[index]
+@dataclass(frozen=True)
+class PhaseChange:
+    """What analyse() found in one run. S snapshots, K measured ones, L layers, H heads;
+    windows are (start, end) training tokens or None."""
+    steps: np.ndarray              # (S,) every snapshot
+    tokens: np.ndarray             # (S,) its training tokens
+    prefix_matching: np.ndarray    # (S,L,H) HeadScores.prefix_matching of each snapshot
+    classes: np.ndarray            # (L,H) HeadScores.classes of the last snapshot
+    icl_steps: np.ndarray          # (K,) the snapshots whose losses were measured
+    icl_tokens: np.ndarray         # (K,)
+    icl: np.ndarray                # (K,) ICL score
+    eval_loss: np.ndarray          # (K,) mean eval loss
+    window: tuple                  # prefix matching's rise (timeseries.prefix_onset)
+    icl_window: tuple              # the ICL score's steepest fall (timeseries.icl_window)
+    icl_across: tuple              # ICL score just before and after `window`, smoothed over 3
+    rising_heads: list             # [(layer, head, first, last prefix matching)], rose > 0.1
+    repeated_first_copy: tuple     # loss on the 1st copy of repeated random tokens, first and
+    repeated_second_copy: tuple    #   last snapshot; and on the 2nd copy
+    final_train_loss: float        # mean of the last 100 training steps
 
 
 def repeated_copy_losses(model, token_counts, n=32, length=50, seed=7):
@@ -59,37 +56,30 @@ def repeated_copy_losses(model, token_counts, n=32, length=50, seed=7):
 
 
 def analyse(run, points=40):
-    """-> dict of curves and the summary numbers."""
+    """-> PhaseChange: the curves and the summary numbers of a run."""
     steps, tokens = run.snapshot_steps, run.snapshot_tokens
-    pm = np.stack([prefix_matching_score(run.model(s), token_counts=run.token_counts)
-                   for s in steps])                                    # (S, L, H)
+    prefix = []
+    for step in steps:
+        scores = HeadScores.of_run(run, step)
+        prefix.append(scores.prefix_matching)
+    pm = np.stack(prefix)                                               # (S, L, H)
     chosen = evaluated_steps(steps, points)
     losses = [snapshot_losses(run, s) for s in chosen]
     icl = np.array([icl_score(l) for l in losses])
-    eval_loss = np.array([float(l.mean()) for l in losses])
     chosen_tokens = np.array([run.tokens_at(s) for s in chosen])
-    later = pm[:, 1:] if run.config.n_layers > 1 else pm                # induction needs layer >= 1
-    window = rise_window(tokens, later.reshape(len(steps), -1).max(1))
-    # the ICL score just before and just after the window (smoothed over 3 measurements)
-    icl_across = None
-    if window is not None:
-        smooth = _moving_average(icl, 3)
-        before = np.flatnonzero(chosen_tokens <= window[0])
-        after = np.flatnonzero(chosen_tokens >= window[1])
-        if len(before) and len(after):
-            icl_across = (float(smooth[before[-1]]), float(smooth[after[0]]))
+    window = prefix_onset(tokens, pm)
     first_copy, second_copy = zip(*(repeated_copy_losses(run.model(s), run.token_counts)
                                     for s in (steps[0], steps[-1])))
     rising = [(l, h, float(pm[0, l, h]), float(pm[-1, l, h]))
               for l in range(pm.shape[1]) for h in range(pm.shape[2])
               if pm[-1, l, h] - pm[0, l, h] > 0.1]
-    from .table import icl_window   # table builds on this module
-    return dict(steps=steps, tokens=tokens, prefix_matching=pm, icl_steps=chosen,
-                icl_window=icl_window(chosen_tokens, icl, near=window),
-                icl_tokens=chosen_tokens, icl=icl, eval_loss=eval_loss, window=window,
-                icl_across=icl_across, rising_heads=rising,
-                repeated_first_copy=first_copy, repeated_second_copy=second_copy,
-                final_train_loss=float(np.mean(run.log["loss"][-100:])))
+    return PhaseChange(steps=steps, tokens=tokens, prefix_matching=pm, classes=scores.classes,
+                       icl_steps=chosen, icl_tokens=chosen_tokens, icl=icl,
+                       eval_loss=np.array([float(l.mean()) for l in losses]), window=window,
+                       icl_window=icl_window(chosen_tokens, icl, near=window),
+                       icl_across=across(chosen_tokens, icl, window), rising_heads=rising,
+                       repeated_first_copy=first_copy, repeated_second_copy=second_copy,
+                       final_train_loss=float(np.mean(run.log["loss"][-100:])))
 
 
 def data_line(run):
@@ -104,32 +94,35 @@ def data_line(run):
 
 def summary_lines(run, a, control=None):
     early, late = context_indices(run.config.n_ctx)
-    lines = [f"{run.dir}: {run.config.n_layers}-layer, {int(a['tokens'][-1]):,} training tokens",
+    lines = [f"{run.dir}: {run.config.n_layers}-layer, {int(a.tokens[-1]):,} training tokens",
              data_line(run),
-             f"  final train loss {a['final_train_loss']:.3f}   eval loss {a['eval_loss'][0]:.3f} -> "
-             f"{a['eval_loss'][-1]:.3f}",
+             f"  final train loss {a.final_train_loss:.3f}   eval loss {a.eval_loss[0]:.3f} -> "
+             f"{a.eval_loss[-1]:.3f}",
              f"  ICL score (loss at index {late} minus index {early}, {len(run.eval_tokens)} eval "
-             f"sequences): {a['icl'][0]:+.3f} -> {a['icl'][-1]:+.3f} nats",
+             f"sequences): {a.icl[0]:+.3f} -> {a.icl[-1]:+.3f} nats",
              f"  repeated random tokens, loss on 1st copy / 2nd copy: start "
-             f"{a['repeated_first_copy'][0]:.2f} / {a['repeated_second_copy'][0]:.2f}, end "
-             f"{a['repeated_first_copy'][1]:.2f} / {a['repeated_second_copy'][1]:.2f}"]
-    if a["window"] is None:
+             f"{a.repeated_first_copy[0]:.2f} / {a.repeated_second_copy[0]:.2f}, end "
+             f"{a.repeated_first_copy[1]:.2f} / {a.repeated_second_copy[1]:.2f}"]
+    if a.window is None:
         lines.append("  phase change: none detected (no layer>=1 head's prefix matching rose by 0.1)"
                      if run.config.n_layers > 1 else
                      "  phase change: none detected (no head's prefix matching rose by 0.1)")
     else:
-        width = (a['window'][1] - a['window'][0]) / a['tokens'][-1]
+        width = (a.window[1] - a.window[0]) / a.tokens[-1]
         lines.append(f"  phase change window (prefix matching 10%->90% of its rise): "
-                     f"{a['window'][0] / 1e6:.2f}M -> {a['window'][1] / 1e6:.2f}M tokens "
+                     f"{a.window[0] / 1e6:.2f}M -> {a.window[1] / 1e6:.2f}M tokens "
                      f"({width:.0%} of the run)")
-    if a["icl_window"] is not None:
+    if a.icl_window is not None:
         lines.append(f"  ICL score's steepest fall (the Model Analysis Table's window): "
-                     f"{a['icl_window'][0] / 1e6:.2f}M -> {a['icl_window'][1] / 1e6:.2f}M tokens")
-    if a["icl_across"] is not None:
+                     f"{a.icl_window[0] / 1e6:.2f}M -> {a.icl_window[1] / 1e6:.2f}M tokens")
+    if a.icl_across is not None:
         lines.append(f"  ICL score across the window (smoothed over 3 measurements): "
-                     f"{a['icl_across'][0]:+.3f} -> {a['icl_across'][1]:+.3f} nats")
-    heads = ", ".join(f"{l}.{h}: {b:.2f} -> {e:.2f}" for l, h, b, e in a["rising_heads"])
+                     f"{a.icl_across[0]:+.3f} -> {a.icl_across[1]:+.3f} nats")
+    heads = ", ".join(f"{l}.{h}: {b:.2f} -> {e:.2f}" for l, h, b, e in a.rising_heads)
     lines.append(f"  heads whose prefix matching rose: {heads or 'none'}")
+    lines.append("  at the end (circuits.scores): " + "; ".join(
+        f"{kind} heads {', '.join(f'{l}.{h}' for l, h in zip(*np.nonzero(a.classes == kind))) or 'none'}"
+        for kind in ("induction", "previous-token")))
     if control is not None:
         lines.append(control_gap_line(a, control))
     return lines
@@ -138,12 +131,12 @@ def summary_lines(run, a, control=None):
 def control_gap_line(a, control):
     """The loss bump as the gap between this model's eval loss and its 1-layer control's, at
     the measurements both have (the same snapshot tokens when trained alike)."""
-    shared, mine, theirs = np.intersect1d(a["icl_tokens"], control["icl_tokens"],
+    shared, mine, theirs = np.intersect1d(a.icl_tokens, control.icl_tokens,
                                           return_indices=True)
     if len(shared) < 2:
         return "  eval loss minus the control's: no shared measurement points"
-    gap = a["eval_loss"][mine] - control["eval_loss"][theirs]
-    smooth = _moving_average(gap, 5)
+    gap = a.eval_loss[mine] - control.eval_loss[theirs]
+    smooth = moving_average(gap, 5)
     steepest = int(np.argmin(np.diff(smooth)))
     return (f"  eval loss minus the 1-layer control's: {gap[0]:+.3f} -> {gap[-1]:+.3f} nats; "
             f"steepest fall (smoothed over 5 measurements) {shared[steepest] / 1e6:.2f}M -> "
@@ -159,41 +152,43 @@ def plot(run, a, path, control=None):
     loss = np.asarray(run.log["loss"])
     k = max(1, len(loss) // 200)
     axes[0].plot(x[k - 1:], np.convolve(loss, np.ones(k) / k, "valid"), lw=0.8, label="train (smoothed)")
-    axes[0].plot(a["icl_tokens"] / 1e6, a["eval_loss"], "o-", ms=3, label="eval")
+    axes[0].plot(a.icl_tokens / 1e6, a.eval_loss, "o-", ms=3, label="eval")
     if control is not None:
-        axes[0].plot(control["icl_tokens"] / 1e6, control["eval_loss"], "s--", ms=3,
+        axes[0].plot(control.icl_tokens / 1e6, control.eval_loss, "s--", ms=3,
                      label="1-layer control, eval")
     axes[0].set_ylabel("loss (nats)")
     axes[0].legend(fontsize=8)
-    axes[1].plot(a["icl_tokens"] / 1e6, a["icl"], "o-", ms=3, color="C2")
+    axes[1].plot(a.icl_tokens / 1e6, a.icl, "o-", ms=3, color="C2")
     if control is not None:
-        axes[1].plot(control["icl_tokens"] / 1e6, control["icl"], "s--", ms=3, color="C7",
+        axes[1].plot(control.icl_tokens / 1e6, control.icl, "s--", ms=3, color="C7",
                      label="1-layer control")
         axes[1].legend(fontsize=8)
     early, late = context_indices(run.config.n_ctx)
     axes[1].set_ylabel(f"ICL score\nloss[{late}] - loss[{early}]")
-    pm = a["prefix_matching"]
+    pm = a.prefix_matching
     for l in range(pm.shape[1]):
         for h in range(pm.shape[2]):
-            axes[2].plot(a["tokens"] / 1e6, pm[:, l, h], color=f"C{l}", lw=1,
+            axes[2].plot(a.tokens / 1e6, pm[:, l, h], color=f"C{l}", lw=1,
                          label=f"layer {l}" if h == 0 else None)
     axes[2].set_ylabel("prefix matching")
     axes[2].set_xlabel("training tokens (millions)")
     axes[2].legend(fontsize=8)
     for ax in axes:
-        if a["window"] is not None:
-            ax.axvspan(a["window"][0] / 1e6, a["window"][1] / 1e6, color="orange", alpha=0.2)
+        if a.window is not None:
+            ax.axvspan(a.window[0] / 1e6, a.window[1] / 1e6, color="orange", alpha=0.2)
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"{run.dir.name}: phase change" + ("" if a["window"] else " (none detected)"))
+    axes[0].set_title(f"{run.dir.name}: phase change" + ("" if a.window else " (none detected)"))
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
 def to_json(a):
+    """A PhaseChange as JSON: one key per field, arrays as lists."""
     out = {}
-    for key, value in a.items():
-        out[key] = value.tolist() if isinstance(value, np.ndarray) else value
+    for field in dataclasses.fields(a):
+        value = getattr(a, field.name)
+        out[field.name] = value.tolist() if isinstance(value, np.ndarray) else value
     return json.dumps(out)
 
 

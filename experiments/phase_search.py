@@ -11,8 +11,7 @@ import time
 
 import numpy as np
 
-from circuits import prefix_matching_score
-from circuits.evaluators import previous_token_score
+from circuits import HeadScores, prefix_matching_score
 from minitransformer import AdamW, Model, clip_grad_norm, learning_rate
 from minitransformer.data import corpus_from_spec, random_crops, random_repeat_windows, repeat_spans
 from minitransformer.presets import apply_overrides
@@ -51,10 +50,10 @@ def main(argv=None):
     seen, step, next_report, start, losses = 0, 0, 0, time.time(), []
     while True:
         if seen >= next_report or seen >= args.tokens:
-            pm = prefix_matching_score(model, token_counts=counts)
+            scores = HeadScores(model, text, counts)          # the tools' sample (circuits.scores)
+            pm, prev = scores.prefix_matching, scores.previous_token
             pm_common = prefix_matching_score(model, token_counts=common)
             first, second = repeated_copy_losses(model, counts, n=16, length=50, seed=123)
-            prev = previous_token_score(model, text)
             print(f"tokens {seen / 1e6:6.2f}M  t {time.time() - start:5.0f}s  "
                   f"loss {np.mean(losses[-50:]) if losses else float('nan'):.3f}  "
                   f"pm_max_L1+ {pm[1:].max() if len(pm) > 1 else float('nan'):.3f}  "

@@ -28,7 +28,7 @@ FAMILY_TITLES = {"attn-only": "Attention-only models, 1-6 layers",
 
 
 def load(root, jobs, log=print, measure=True):
-    """-> ({name: model dict}, [names of jobs without a finished run]). measure=False: leave
+    """-> ({name: table.ModelAnalysis}, [names of jobs without a finished run]). measure=False: leave
     out runs not measured yet instead of measuring them (a sweep may be doing it now)."""
     models, missing = {}, []
     for job in jobs:
@@ -41,8 +41,7 @@ def load(root, jobs, log=print, measure=True):
         if m is None:
             missing.append(job.name)
             continue
-        models[job.name] = table.analyse(dict(name=job.name, family=job.family, control=job.control,
-                                              run=run, m=m))
+        models[job.name] = table.analyse(job.name, job.family, job.control, run, m)
     return models, missing
 
 
@@ -72,26 +71,26 @@ def acceptance(models):
         if name in models:
             checks.append((statement, measured(models[name]), bool(test(models[name]))))
     add("attn-only-1l", "1-layer attention-only: no phase change, no induction head, ICL flat",
-        lambda m: m["window"] is None and not m["induction_heads"] and abs(m["icl"][-1]) < 0.1,
-        lambda m: f"window {_fmt_window(m['window'])}, induction heads {', '.join(m['induction_heads']) or 'none'}, "
-                  f"final ICL {m['icl'][-1]:+.3f}")
+        lambda m: m.window is None and not m.induction_heads and abs(m.icl[-1]) < 0.1,
+        lambda m: f"window {_fmt_window(m.window)}, induction heads {', '.join(m.induction_heads) or 'none'}, "
+                  f"final ICL {m.icl[-1]:+.3f}")
     for n in range(2, 7):
         add(f"attn-only-{n}l", f"{n}-layer attention-only: phase change, induction heads in the last layer",
-            lambda m: m["window"] is not None and any(int(h.split(".")[0]) == int(m["m"]["n_layers"]) - 1
-                                                      for h in m["induction_heads"]),
-            lambda m: f"window {_fmt_window(m['window'])}, induction heads {', '.join(m['induction_heads']) or 'none'}")
+            lambda m: m.window is not None and any(int(h.split(".")[0]) == int(m.m.n_layers) - 1
+                                                      for h in m.induction_heads),
+            lambda m: f"window {_fmt_window(m.window)}, induction heads {', '.join(m.induction_heads) or 'none'}")
     add("smeared-1l", "1-layer smeared key: gets the phase change its control never gets",
-        lambda m: m["window"] is not None and bool(m["induction_heads"]),
-        lambda m: f"window {_fmt_window(m['window'])}, induction heads {', '.join(m['induction_heads']) or 'none'}")
+        lambda m: m.window is not None and bool(m.induction_heads),
+        lambda m: f"window {_fmt_window(m.window)}, induction heads {', '.join(m.induction_heads) or 'none'}")
     if "smeared-2l" in models and "attn-only-2l" in models:
         s, c = models["smeared-2l"], models["attn-only-2l"]
-        ok = s["window"] is not None and (c["window"] is None or s["window"][0] < c["window"][0])
+        ok = s.window is not None and (c.window is None or s.window[0] < c.window[0])
         checks.append(("2-layer smeared key: phase change earlier than its control",
-                       f"{_fmt_window(s['window'])} vs control {_fmt_window(c['window'])}", ok))
+                       f"{_fmt_window(s.window)} vs control {_fmt_window(c.window)}", ok))
     add("attn-only-2l", "2-layer attention-only: ablating the induction heads removes most of the ICL score",
-        lambda m: m["shares"].get("induction heads", 0) > 0.5,
-        lambda m: f"{m['shares'].get('induction heads', float('nan')):.0%} (all other heads: "
-                  f"{m['shares'].get('all other heads', float('nan')):.0%})")
+        lambda m: m.shares.get("induction heads", 0) > 0.5,
+        lambda m: f"{m.shares.get('induction heads', float('nan')):.0%} (all other heads: "
+                  f"{m.shares.get('all other heads', float('nan')):.0%})")
     return checks
 
 
@@ -121,12 +120,12 @@ def summary_table(models):
             "<th>ICL removed: induction heads</th><th>: all other heads</th></tr>")
     rows = []
     for m in models:
-        w, o = m["window"], m["onset"]
-        cells = [m["name"], "-" if w is None else f"{w[0] / 1e6:.2f} - {w[1] / 1e6:.2f}",
-                 _num(m["icl_before"], "+.3f"), _num(m["icl_after"], "+.3f"), f"{m['icl'][-1]:+.3f}",
-                 _num(m["bump"], ".3f"), "-" if o is None else f"{o[0] / 1e6:.2f}M",
-                 ", ".join(m["induction_heads"]) or "none",
-                 _pct(m["shares"].get("induction heads")), _pct(m["shares"].get("all other heads"))]
+        w, o = m.window, m.onset
+        cells = [m.name, "-" if w is None else f"{w[0] / 1e6:.2f} - {w[1] / 1e6:.2f}",
+                 _num(m.icl_before, "+.3f"), _num(m.icl_after, "+.3f"), f"{m.icl[-1]:+.3f}",
+                 _num(m.bump, ".3f"), "-" if o is None else f"{o[0] / 1e6:.2f}M",
+                 ", ".join(m.induction_heads) or "none",
+                 _pct(m.shares.get("induction heads")), _pct(m.shares.get("all other heads"))]
         rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
     return "<table>" + head + "".join(rows) + "</table>"
 
@@ -152,9 +151,9 @@ def build(root, jobs, out, log=print, colour="class", measure=True):
              f"{html.escape(v)}</td><td class={'ok' if ok else 'no'}>{'holds' if ok else 'does not hold'}</td></tr>"
              for s, v, ok in checks] + ["</table>"]
     for family, title in FAMILY_TITLES.items():
-        members = [m for m in models.values() if m["family"] == family]
+        members = [m for m in models.values() if m.family == family]
         if family == "smeared":
-            members = [x for m in members for x in (m, models.get(m["control"])) if x is not None]
+            members = [x for m in members for x in (m, models.get(m.control)) if x is not None]
         if not members:
             continue
         body.append(f"<h2>{html.escape(title)}</h2>")
@@ -189,17 +188,17 @@ def _family_extras(family, members, models, out):
     if family == "attn-only":
         parts.append("<h3>Per-token loss change across the phase change (blue: easier after)</h3>")
         for m in members:
-            if m["window"] is None:
+            if m.window is None:
                 continue
-            i, j = m["before_after_steps"]
-            steps = m["m"]["steps"][[i, j]]
-            data, losses = table.passage_losses(m["run"], steps)
-            parts.append(f"<p>{m['name']}: snapshot at {m['m']['tokens'][i] / 1e6:.2f}M -> "
-                         f"{m['m']['tokens'][j] / 1e6:.2f}M tokens; mean change "
+            i, j = m.before_after_steps
+            steps = m.m.steps[[i, j]]
+            data, losses = table.passage_losses(m.run, steps)
+            parts.append(f"<p>{m.name}: snapshot at {m.m.tokens[i] / 1e6:.2f}M -> "
+                         f"{m.m.tokens[j] / 1e6:.2f}M tokens; mean change "
                          f"{float((losses[1] - losses[0]).mean()):+.3f} nats</p>")
             parts.append(coloured_text(data, losses[0], losses[1]))
     if family == "smeared":
-        pairs = [(m, models[m["control"]]) for m in members if m["family"] == "smeared" and m["control"] in models]
+        pairs = [(m, models[m.control]) for m in members if m.family == "smeared" and m.control in models]
         if pairs:
             path = out / "figures" / "smeared_pairs.png"
             figures.pair_figure(pairs, path)
@@ -216,12 +215,12 @@ def _family_extras(family, members, models, out):
 def _template_table(m):
     """Argument 4: every head's share of attention to earlier same-category lines (layer 0
     too: a 1-layer model has only it), the induction heads marked."""
-    classes = m["m"]["classes"]
+    classes = m.m.classes
     heads = [(l, h) for l in range(classes.shape[0]) for h in range(classes.shape[1])]
-    shares, uniform, count = table.template_attention(m["run"], heads)
+    shares, uniform, count = table.template_attention(m.run, heads)
     rows = "".join(f"<tr><td>{l}.{h}</td><td>{html.escape(str(classes[l, h]))}</td><td>{a:.0%}</td>"
                    f"<td>{b:.0%}</td></tr>" for (l, h), (a, b) in shares.items())
-    return (f"<p>{m['name']}: share of attention to earlier lines of the same category in the same "
+    return (f"<p>{m.name}: share of attention to earlier lines of the same category in the same "
             f"document, over {count} template lines that have one (uniform attention would give "
             f"{uniform[0]:.0%} from ':' and {uniform[1]:.0%} from ': ').</p><table><tr><th>head</th>"
             f"<th>class (random tokens)</th><th>from ':'</th><th>from ': ' (predicts the word)</th>"

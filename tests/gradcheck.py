@@ -1,36 +1,16 @@
-"""Central finite differences, and the one tolerance every gradient test uses."""
+"""Central finite differences (minitransformer.gradcheck), and the one tolerance every
+gradient test uses."""
 import numpy as np
 
-H = 1e-6          # step: float64 central differences are accurate to ~H^2 + eps/H
+from minitransformer.gradcheck import finite_differences
+
 RTOL = 1e-5       # relative error bound (issue #2): never loosened; reject bad draws with assume
-EPS = np.finfo(np.float64).eps
-
-
-class NumericalGrad(np.ndarray):
-    """A finite-difference gradient that knows its own rounding noise (`.noise`, absolute)."""
-    noise = 0.0
 
 
 def numerical_grad(f, x, dout):
-    """d/dx of sum(f() * dout) by central differences, perturbing x in place one entry at a
-    time. The result's .noise is the rounding error of (F(x+h) - F(x-h)) / 2h: a few ulps of
-    the summed terms |f * dout|, divided by h."""
-    grad = np.zeros_like(x)
-    flat, gflat = x.reshape(-1), grad.reshape(-1)
-    magnitude = 0.0
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + H
-        terms = f() * dout
-        plus = np.sum(terms)
-        magnitude = max(magnitude, np.sum(np.abs(terms)))
-        flat[i] = old - H
-        minus = np.sum(f() * dout)
-        flat[i] = old
-        gflat[i] = (plus - minus) / (2 * H)
-    result = grad.view(NumericalGrad)
-    result.noise = 2 * EPS * magnitude / H
-    return result
+    """d/dx of sum(f() * dout), f a closure over x (perturbed in place): the engine's
+    finite_differences, whose result knows its rounding noise (.noise)."""
+    return finite_differences(lambda _: f(), x, dout)
 
 
 def assert_grad_close(analytic, numeric, name="grad"):

@@ -57,10 +57,10 @@ def test_all_steps_csv_is_the_time_series(run_dir, capsys):
     induction = [float(r["prev_token_qk_trace"]) for r in rows if r["layer"] == "1"]
     assert [int(r["step"]) for r in rows if r["layer"] == "1"] == list(STEPS)
     assert induction[0] < 0.1 * induction[1] and induction[1] == pytest.approx(induction[2])
-    assert [r["kind"] for r in rows if r["layer"] == "0"] == ["", "previous-token", "previous-token"]
-    # at step 0 nothing below is a previous-token head: not an induction head, whatever
-    # the normalised trace says (one earlier head: its weight cancels in trace / ||W||_F)
-    assert [r["kind"] for r in rows if r["layer"] == "1"] == ["", "induction", "induction"]
+    assert [r["class"] for r in rows if r["layer"] == "0"] == ["other", "previous-token", "previous-token"]
+    # at step 0 nothing below is a previous-token head: no prefix matching, no induction head,
+    # whatever the normalised trace says (one earlier head: its weight cancels in trace / ||W||_F)
+    assert [r["class"] for r in rows if r["layer"] == "1"] == ["other", "induction", "induction"]
 
 
 def test_plot_is_written(run_dir, tmp_path, capsys):

@@ -4,11 +4,12 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from circuits.evaluators import prefix_matching_score, repeated_random_tokens
+from circuits.evaluators import (prefix_matching_score, previous_token_attention,
+                                 repeated_random_tokens)
 from circuits.handmade import induction_model
 from circuits.paths import attention_score_terms, logit_path_terms
 from circuits.weights import (composition_baseline, composition_scores, ov_copying_score,
-                              prev_token_qk_trace, previous_token_attention)
+                              prev_token_qk_trace)
 
 V = 32
 

@@ -1,7 +1,9 @@
+from types import SimpleNamespace
+
 import numpy as np
 
 from experiments.losses import context_indices, icl_score, loss_at_index
-from experiments.phase_change import rise_window
+from experiments.timeseries import rise_window
 
 
 def test_icl_indices_scale_the_papers_50_and_500_of_512():
@@ -31,19 +33,18 @@ def test_rise_window_finds_a_step_and_ignores_flat_noise():
 def test_the_gap_to_the_control_finds_the_bump():
     from experiments.phase_change import control_gap_line
     tokens = np.arange(0, 41) * 2.5e5
-    control = {"icl_tokens": tokens, "eval_loss": 2.0 - 0.01 * np.arange(41)}
+    control = SimpleNamespace(icl_tokens=tokens, eval_loss=2.0 - 0.01 * np.arange(41))
     drop = 0.3 / (1 + np.exp(-(np.arange(41) - 20) / 1.5))          # 2L pulls away near 5M
-    mine = {"icl_tokens": tokens, "eval_loss": control["eval_loss"] - drop}
+    mine = SimpleNamespace(icl_tokens=tokens, eval_loss=control.eval_loss - drop)
     line = control_gap_line(mine, control)
     start, end = [float(t.rstrip("M")) for t in line.split("smoothed over 5 measurements) ")[1]
                   .split(" tokens")[0].split(" -> ")]
     assert 4.5 <= start < end <= 5.5 and "-> -0.300 nats" in line
-    apart = {"icl_tokens": tokens + 1, "eval_loss": mine["eval_loss"]}
+    apart = SimpleNamespace(icl_tokens=tokens + 1, eval_loss=mine.eval_loss)
     assert "no shared measurement points" in control_gap_line(apart, control)
 
 
 def test_the_summary_names_synthetic_assistance():
-    from types import SimpleNamespace
     from experiments.phase_change import data_line
     corpus = {"name": "python-stdlib", "sha256": "210e555d4e3e" + "0" * 52}
     natural = SimpleNamespace(corpus=corpus, train_config={"synthetic_fraction": 0.0,

@@ -107,15 +107,32 @@ def test_measurements_agree_with_direct_computation(swept):
     m = measure.measure_run(run)
     n, t = run.eval_tokens.shape
     S, L, H = len(run.snapshot_steps), run.config.n_layers, run.config.n_heads
-    assert m["ctx_loss"].shape == (S, t - 1) and m["random_loss"].shape == (S, n)
-    assert m["prefix"].shape == m["qk_trace"].shape == (S, L, H) and np.isnan(m["qk_trace"][:, 0]).all()
-    assert m["ablation_icl"].shape[1] == L * H and m["ablation_random"].shape[1:] == (L * H, n)
+    assert m.ctx_loss.shape == (S, t - 1) and m.random_loss.shape == (S, n)
+    assert m.prefix.shape == m.qk_trace.shape == (S, L, H) and np.isnan(m.qk_trace[:, 0]).all()
+    assert m.ablation_icl.shape[1] == L * H and m.ablation_random.shape[1:] == (L * H, n)
     from experiments.losses import per_token_losses
     last = per_token_losses(run.model(), run.eval_tokens)
-    assert np.allclose(m["random_loss"][-1], last[np.arange(n), m["random_index"]], atol=1e-5)
-    groups = [g for _, g in measure.group_ablations(m["classes"])]
+    assert np.allclose(m.random_loss[-1], last[np.arange(n), m.random_index], atol=1e-5)
+    groups = [g for _, g in measure.group_ablations(m.classes)]
     direct = icl_change(ablation_losses(run.model(), run.eval_tokens, groups))
-    assert np.allclose(m["group_icl"], direct, atol=1e-5)
+    assert np.allclose(m.group_icl, direct, atol=1e-5)
+
+
+def test_the_measurements_file_keeps_its_version_1_members(swept):
+    root, _ = swept
+    run = Run(root / "attn-only-2l")
+    path = measure.measurement_file(run)
+    with np.load(path) as archive:
+        assert sorted(archive.files) == sorted(
+            ["prefix", "copying", "prev_token", "qk_trace", "qk_trace_norm", "version", "steps",
+             "tokens", "ctx_loss", "random_index", "random_loss", "ablation_steps", "ablation_icl",
+             "ablation_random", "classes", "group_names", "group_icl", "clean_icl_ablate",
+             "n_layers", "n_heads"])
+        assert int(archive["version"]) == measure.VERSION == 1
+    m = measure.Measurements.read(path)
+    assert m.n_layers == 2 and isinstance(m.clean_icl_ablate, float)
+    with pytest.raises(ValueError):
+        m.prefix[0, 0, 0] = 1.0                                     # a record nobody mutates
 
 
 def test_measurements_are_recomputed_when_the_run_changes(swept):
