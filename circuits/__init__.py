@@ -1,16 +1,13 @@
 """circuits: the paper's analyses of attention heads, from the weights (QK/OV circuits,
 eigenvalues, composition) and from activations (head evaluators, ablations, activation
-patching); every per-head score of a snapshot on one sample, and the one classification, in
-circuits.scores."""
+patching, in circuits.patching: a command too, so imported from there); every per-head
+score of a snapshot on one sample, and the one classification, in circuits.scores."""
 from .ablation import (AblationLosses, ablation_logits, ablation_losses, context_indices,
                        every_head, icl_change, icl_score, loss_projection)
 from .evaluators import (copying_score, prefix_matching_score, previous_token_attention,
                          previous_token_score, repeated_random_tokens)
 from .factored import FactoredMatrix
 from .handmade import induction_model
-from .patching import (InductionPatching, induction_pairs, induction_patching,
-                       logit_diff_metric, loss_metric, normalise, patch_head_out, patch_hook,
-                       patch_resid)
 from .paths import attention_score_terms, logit_path_terms, path_name, sum_terms
 from .scores import HEAD_SAMPLE, HeadScores, classify_heads
 from .weights import (composition_baseline, composition_scores, full_ov_circuit, full_qk_circuit,
@@ -22,8 +19,6 @@ __all__ = ["AblationLosses", "ablation_logits", "ablation_losses", "context_indi
            "copying_score", "prefix_matching_score", "previous_token_attention",
            "previous_token_score", "repeated_random_tokens",
            "FactoredMatrix", "induction_model",
-           "InductionPatching", "induction_pairs", "induction_patching", "logit_diff_metric",
-           "loss_metric", "normalise", "patch_head_out", "patch_hook", "patch_resid",
            "attention_score_terms", "logit_path_terms", "path_name", "sum_terms",
            "HEAD_SAMPLE", "HeadScores", "classify_heads",
            "composition_baseline", "composition_scores", "full_ov_circuit", "full_qk_circuit",

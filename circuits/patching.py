@@ -267,7 +267,8 @@ def plot(result, path, title):
 
 
 def main(argv=None):
-    parser = run_parser("python -m circuits.patching", __doc__, all_steps_help=argparse.SUPPRESS)
+    parser = run_parser("python -m circuits.patching", __doc__, all_steps_help=argparse.SUPPRESS,
+                        plot_help="the figure (default <run dir>/patching.png)")
     parser.add_argument("--pairs", type=int, help="clean/corrupted pairs from the eval set "
                         "(default 8, or every sequence of a smaller eval set)")
     parser.add_argument("--query", type=int, help="the position whose prediction the metric "
@@ -275,8 +276,6 @@ def main(argv=None):
     parser.add_argument("--metric", default="logit-diff", choices=METRICS)
     parser.add_argument("--head-hook", default="hook_z", choices=HEAD_HOOKS)
     parser.add_argument("--resid-hook", default="hook_resid_pre", choices=("hook_resid_pre", "hook_resid_post"))
-    parser.add_argument("--plot", metavar="OUT.png", help="the figure (default <run dir>/patching.png)")
-    parser.add_argument("--json", action="store_true", help="JSON instead of the tables")
     args = parser.parse_args(argv)
     try:
         if args.all_steps:

@@ -99,3 +99,19 @@ def test_a_cycle_through_a_function_level_relative_import_is_found(tmp_path):
     graph = import_graph(tmp_path, ("pkg",))
     assert graph["pkg.a"] == {"pkg.b"} and graph["pkg.b"] == {"pkg.c"}
     assert find_cycle(graph) == ["pkg.a", "pkg.b", "pkg.c", "pkg.a"]
+
+
+def test_every_command_starts_without_an_import_warning():
+    """`python -m package.module`, where the package's __init__ already imported that module,
+    makes runpy warn (and run the module twice over): no command may be imported by its
+    package's __init__. Found from the source: every module with a __main__ block (the exercises' run the student's code)."""
+    import subprocess
+    import sys
+    commands = sorted(".".join(path.relative_to(ROOT).with_suffix("").parts)
+                      for package in PACKAGES[:3] for path in (ROOT / package).rglob("*.py")
+                      if 'if __name__ == "__main__":' in path.read_text())
+    assert "circuits.patching" in commands and "minitransformer.train" in commands
+    for module in commands:
+        done = subprocess.run([sys.executable, "-W", "error::RuntimeWarning", "-m", module, "--help"],
+                              capture_output=True, text=True, cwd=ROOT)
+        assert done.returncode == 0, f"{module}: {done.stderr.strip().splitlines()[-1:]}"

@@ -12,7 +12,10 @@ def layernorm_forward(x, w, b, hook=NO_HOOKS):
     variance = (centred * centred).mean(-1, keepdims=True)     # (...,1)
     rstd = (variance + EPS) ** -0.5                             # (...,1)
     if hook.wants("hook_scale"):
-        rstd = 1.0 / hook("hook_scale", 1.0 / rstd)
+        scale = 1.0 / rstd
+        seen = hook("hook_scale", scale)
+        if seen is not scale:     # replaced; else rstd stays bit for bit what it was
+            rstd = 1.0 / seen
     xhat = hook("hook_normalized", centred * rstd)
     return xhat * w + b, (xhat, rstd, w)
 
