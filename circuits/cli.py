@@ -2,7 +2,6 @@
 of snapshots, one row per head from circuits.scores, the fixed-width table, and figures."""
 import argparse
 import math
-import sys
 from collections import namedtuple
 
 from minitransformer.io import atomic_write
@@ -129,12 +128,4 @@ def save_figure(fig, path, title):
     plt.close(fig)
 
 
-def error(message):
-    """Print the one-line error a command ends with -> its exit status, 2."""
-    print(f"error: {message}", file=sys.stderr)
-    return 2
 
-
-def cannot_write(flag, path, e):
-    """The one-line error for an OSError writing `path` (given by `flag`) -> 2."""
-    return error(f"{flag} {path}: cannot write ({e.strerror or e})")

@@ -23,10 +23,10 @@ import sys
 
 import numpy as np
 
-from minitransformer.io import output_file
+from minitransformer.io import cannot_write, error, output_file
 from minitransformer.runs import Run
 
-from .cli import (Column, cannot_write, column, error, format_table, head_rows, pyplot,
+from .cli import (Column, column, format_table, head_rows, pyplot,
                   run_parser, save_figure, selected_steps, snapshots)
 from .scores import CLASS_RULE
 from .threads import blas_threads

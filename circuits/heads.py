@@ -27,11 +27,11 @@ import sys
 
 import numpy as np
 
-from minitransformer.io import output_file
+from minitransformer.io import cannot_write, error, output_file
 from minitransformer.runs import Run
 
 from .ablation import ablation_losses, icl_change, icl_score
-from .cli import (cannot_write, column, error, format_table, head_rows, pyplot, run_parser,
+from .cli import (column, format_table, head_rows, pyplot, run_parser,
                   save_figure, selected_steps, snapshots, text, value)
 from .scores import CLASS_RULE
 from .threads import blas_threads

@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minitransformer.backend import to_numpy
-from minitransformer.io import atomic_write, output_file
+from minitransformer.io import atomic_write, error, os_error, output_file
 from minitransformer.runs import Run
 
 from .cli import run_parser
@@ -294,11 +294,9 @@ def main(argv=None):
         plot(result, plot_path, f"{run.path} ({step}), {pairs} induction pairs\n"
                                 f"{describe(result)}")
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     except OSError as e:
-        print(f"error: {e.filename or args.run}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return os_error(e, args.run)
     if args.json:
         print(json.dumps(to_json(result, run=str(run.path), step=args.step, pairs=pairs,
                                  plot=str(plot_path)), indent=1))

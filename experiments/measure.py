@@ -16,6 +16,7 @@ import numpy as np
 
 from circuits import HeadScores, ablation_losses, icl_change, icl_score
 from circuits.threads import blas_threads
+from minitransformer.io import error
 from minitransformer.runs import Run, read_npz, run_file, save_npz
 
 from .losses import snapshot_losses
@@ -164,8 +165,7 @@ def main(argv=None):
         for path in args.runs:
             measure_run(Run(path), log=print, force=args.force)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     return 0
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits import HeadScores, repeated_random_tokens
-from minitransformer.io import atomic_write, atomic_write_text, output_file
+from minitransformer.io import atomic_write, atomic_write_text, error, output_file
 from minitransformer.runs import Run
 
 from .losses import context_indices, icl_score, snapshot_losses
@@ -209,11 +209,9 @@ def main(argv=None):
         a = analyse(run, args.points)
         plot(run, a, png, control)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     except OSError as e:
-        print(f"error: {e.filename or args.png}: cannot write ({e.strerror or e})", file=sys.stderr)
-        return 2
+        return error(f"{e.filename or args.png}: cannot write ({e.strerror or e})")
     print("\n".join(summary_lines(run, a, control)))
     with contextlib.suppress(OSError):   # a cache beside the run: none in a read-only run folder
         atomic_write_text(run.dir / "phase_change.json", to_json(a))

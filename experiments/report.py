@@ -14,7 +14,7 @@ import sys
 
 import numpy as np
 
-from minitransformer.io import atomic_write_text, output_file
+from minitransformer.io import atomic_write_text, cannot_write, error, output_file
 from minitransformer.runs import Run
 
 from . import figures, table
@@ -135,7 +135,7 @@ def build(root, jobs, out, log=print, colour="class", measure=True):
     out = pathlib.Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
     models, missing = load(root, jobs, log, measure)
-    body = [f"<h1>In-context learning and induction heads: the Model Analysis Table</h1>",
+    body = ["<h1>In-context learning and induction heads: the Model Analysis Table</h1>",
             f"<p>Runs from <code>{html.escape(str(root))}</code>. Every figure's x axis is training "
             "tokens; the orange band is the phase-change window found from the derivative of "
             "the ICL score, the dashed line the onset of prefix matching. " +
@@ -247,11 +247,9 @@ def main(argv=None):
         path, lines, checks = build(root, small_jobs() if args.small else default_jobs(), out,
                                     colour=args.colour, measure=not args.cached_only)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     except OSError as e:
-        print(f"error: --out {out}: cannot write ({e.strerror or e})", file=sys.stderr)
-        return 2
+        return cannot_write("--out", out, e)
     print("\n".join(lines))
     for statement, measured, ok in checks:
         print(f"[{'holds' if ok else 'DOES NOT HOLD'}] {statement}: {measured}")

@@ -16,6 +16,8 @@ from html.parser import HTMLParser
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+from minitransformer.io import error
+
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -102,8 +104,7 @@ def main(argv=None):
         if (rgb == rgb[0, 0]).all():
             raise ValueError(f"{png}: blank screenshot (a single colour)")
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     print(f"{png}: {rgb.shape[1]}x{rgb.shape[0]} px, "
           f"{(rgb < 0.98).any(axis=-1).mean():.1%} non-white")
     return 0

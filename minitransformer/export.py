@@ -27,7 +27,7 @@ import numpy as np
 
 from .backend import to_numpy
 from .config import ACT_FNS, ModelConfig
-from .io import atomic_write, output_file
+from .io import atomic_write, error, output_file
 from .model import Model
 from .npz import one_line
 from .ops.layernorm import EPS as LAYERNORM_EPS
@@ -300,11 +300,9 @@ def main(argv=None):
         output_file(args.out, "--out", suffix=SUFFIX)
         out = export_run(args.run, args.out, args.step)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     except OSError as e:
-        print(f"error: --out {args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return error(f"--out {args.out}: {e.strerror or e}")
     print(f"{out}: a TransformerLens 3.x state dict, its HookedTransformerConfig in the metadata "
           f"under {CONFIG_KEY!r} (README: Coming from TransformerLens)")
     return 0

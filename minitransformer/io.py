@@ -1,9 +1,11 @@
 """Atomic file writes: every file goes to a temporary name in the same folder, then is
-renamed, so a killed process never leaves a torn file."""
+renamed, so a killed process never leaves a torn file. And the one line a command ends with
+when its input is bad."""
 import collections
 import os
 import pathlib
 import signal
+import sys
 import tempfile
 
 # Tests only: "NAME[#N]:POINT" SIGKILLs this process at POINT of the Nth write (default 1st)
@@ -73,3 +75,19 @@ def output_file(path, flag, suffix=".png"):
 
 def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
+
+
+def error(message):
+    """Print the one-line error a command ends with -> its exit status, 2."""
+    print(f"error: {message}", file=sys.stderr)
+    return 2
+
+
+def cannot_write(flag, path, e):
+    """The one-line error for an OSError writing `path` (given by `flag`) -> 2."""
+    return error(f"{flag} {path}: cannot write ({e.strerror or e})")
+
+
+def os_error(e, path):
+    """The one-line error for an OSError reading or writing (its file, else `path`) -> 2."""
+    return error(f"{e.filename or path}: {e.strerror or e}")

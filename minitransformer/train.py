@@ -18,6 +18,7 @@ from .backend import to_numpy
 from .config import ModelConfig
 from .data import (corpus_from_spec, describe, eval_set, random_crops, random_repeat_windows,
                    repeat_spans)
+from .io import error, os_error
 from .model import Model
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .presets import PRESETS, apply_overrides, preset
@@ -282,11 +283,9 @@ def main(argv=None):
         run = train(args.out, model, train_config, resume=args.resume, force=args.force,
                     progress=not args.quiet)
     except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        return error(e)
     except OSError as e:
-        print(f"error: {e.filename or args.out}: {e.strerror or e}", file=sys.stderr)
-        return 2
+        return os_error(e, args.out)
     except KeyboardInterrupt:
         print(f"\ninterrupted; the run in {args.out} continues from its last snapshot with the "
               f"same command and --resume", file=sys.stderr)

@@ -14,7 +14,7 @@ from minitransformer.presets import preset
 from minitransformer.runs import Run
 from minitransformer.train import train
 
-from handmade_run import STEPS, write_handmade_run  # noqa: E402
+from handmade_run import write_handmade_run  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """End-to-end on the tiny preset: train, snapshot, load, resume after a kill (bit-identical),
 and the promised one-line errors for bad runs, files and flags."""
-import json
 import os
 import signal
 import subprocess
