@@ -17,7 +17,7 @@ import numpy as np
 from minitransformer.io import atomic_write_text, cannot_write, error, output_file
 from minitransformer.runs import Run
 
-from . import figures, table
+from . import attention_view, figures, table
 from .measure import cached_measurements, measure_run
 from .sweep import default_jobs, default_root, finished, small_jobs
 
@@ -111,7 +111,8 @@ CSS = """body{font-family:sans-serif;max-width:1500px;margin:1em auto;padding:0 
 img{max-width:100%} table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;
 padding:3px 6px;text-align:right} th{background:#f3f3f3} .ok{color:#17803d}.no{color:#c0392b}
 .passage{font-family:monospace;font-size:14px;line-height:1.7;border:1px solid #ddd;padding:8px}
-pre{background:#f7f7f7;padding:8px;font-size:12px;overflow-x:auto}"""
+pre{background:#f7f7f7;padding:8px;font-size:12px;overflow-x:auto}
+""" + attention_view.CSS
 
 
 def summary_table(models):
@@ -161,6 +162,7 @@ def build(root, jobs, out, log=print, colour="class", measure=True):
         figures.table_figure(members, figures.ROWS, path, colour=colour)
         body.append(_img(path, out, f"{family} table"))
         body += _family_extras(family, members, models, out)
+    body.append(attention_view.section(list(models.values())))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>Model Analysis Table</title>"
             f"<style>{CSS}</style></head><body>" + "\n".join(body) +
             "<h2>Printed summary</h2><pre>" + html.escape("\n".join(lines)) + "</pre></body></html>")

@@ -111,10 +111,16 @@ PASSAGE = ("This is the house that Jack built. This is the malt that lay in the 
            "is the cat that killed the rat that ate the malt that lay in the house that Jack built.")
 
 
+def passage_tokens(text, n_ctx):
+    """BOS + the bytes of `text` (str or bytes), cut to n_ctx tokens -> (T,) int64."""
+    data = text.encode() if isinstance(text, str) else bytes(text)
+    return np.concatenate([[BOS], np.frombuffer(data, np.uint8)[: n_ctx - 1]]).astype(np.int64)
+
+
 def passage_losses(run, steps, text=PASSAGE):
     """Per-token losses of `text` (bytes, after BOS) at each snapshot step -> (bytes, (K, n))."""
-    data = text.encode()[: run.config.n_ctx - 1]
-    tokens = np.concatenate([[0], np.frombuffer(data, np.uint8)]).astype(np.int64)
+    tokens = passage_tokens(text, run.config.n_ctx)
+    data = bytes(tokens[1:].astype(np.uint8))
     return data, np.stack([run.model(s).per_token_loss(tokens[None])[0] for s in steps])
 
 
