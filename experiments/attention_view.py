@@ -70,12 +70,8 @@ def view_snapshots(model):
                 f"tokens), inside it and at its end ({model.window[1] / 1e6:.2f}M).")
         if j - i < 2:
             note += " No snapshot lies strictly inside the window."
-    seen, unique = set(), []
-    for label, index in chosen:
-        if index not in seen:
-            seen.add(index)
-            unique.append((label, index))
-    return unique, note
+    indices = [index for _, index in chosen]
+    return [c for k, c in enumerate(chosen) if c[1] not in indices[:k]], note
 
 
 def snapshot_data(model, label, index, tokens):
@@ -115,10 +111,10 @@ def script_json(data):
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def model_view(model, tokens, open_=False):
+def model_view(model, tokens, opened=False):
     """One model's view: a <details> block holding its data; SCRIPT builds the rest."""
     data = view_data(model, tokens)
-    return (f"<details class='attn-view'{' open' if open_ else ''}><summary>{html.escape(model.name)}: "
+    return (f"<details class='attn-view'{' open' if opened else ''}><summary>{html.escape(model.name)}: "
             f"{model.run.config.n_layers} layers x {model.run.config.n_heads} heads, "
             f"{len(data['snapshots'])} snapshots</summary>"
             f"<script type='application/json' class='attn-data'>{script_json(data)}</script></details>")
@@ -134,7 +130,7 @@ def section(models, text=None):
     for k, m in enumerate(deep):
         n_ctx = m.run.config.n_ctx
         tokens = repeated_passage(m.run.eval_tokens, n_ctx) if text is None else passage_tokens(text, n_ctx)
-        views.append(model_view(m, tokens, open_=k == 0))
+        views.append(model_view(m, tokens, opened=k == 0))
     passage = ("BOS, a span of each run's eval text and the same span again" if text is None
                else "BOS and the passage below")
     return ("<h2>Attention on a passage with repeats</h2><p>Every head of each model with two "

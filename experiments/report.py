@@ -1,5 +1,6 @@
 """The Model Analysis Table as one HTML page (report/index.html) with its PNG figures, from a
-sweep's runs (experiments.sweep). Opens in a browser from disk, no server.
+sweep's runs (experiments.sweep), and every head's attention to hover over
+(experiments.attention_view). Opens in a browser from disk, no server.
 
     python -m experiments.report                      # runs/sweep -> report/
     python -m experiments.report --small              # runs/sweep-small -> report-small/

@@ -3,6 +3,7 @@ and the report built from them, on tiny models (seconds each)."""
 import fcntl
 import multiprocessing
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -156,6 +157,8 @@ def test_report_has_every_figure_and_opens_offline(swept, tmp_path):
     for name in ("attn-only_table.png", "attn-only_pca.png", "smeared_pairs.png", "smeared_table.png"):
         assert name in page and (tmp_path / "report" / "figures" / name).stat().st_size > 1000
     assert any("1-layer attention-only" in statement for statement, _, _ in checks)
+    views = re.findall(r"<details class='attn-view'[^>]*><summary>([^:]*):", page)
+    assert views == ["attn-only-2l"]                 # the attention view: 2+ layer models only
 
 
 def test_sweep_cli_names_a_bad_model_in_one_line():
