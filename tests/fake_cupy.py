@@ -48,7 +48,7 @@ class Counts:
         self.launches[(kernel, _caller())] += 1
 
     def sync(self, what):
-        self.syncs.append(f"{what} at {_caller()}")
+        self.syncs.append(f"{what} at {_caller(depth=3)}")
 
     def allocate(self, a):
         self.allocations += 1
@@ -75,19 +75,27 @@ COUNTS = Counts()
 
 @contextlib.contextmanager
 def counting():
-    """with counting() as counts: ...  -> what the block asked of the device."""
+    """with counting() as counts: ...  -> what the block (and only it) asked of the device."""
     global COUNTS
-    COUNTS = Counts()
-    yield COUNTS
+    outer, COUNTS = COUNTS, Counts()
+    try:
+        yield COUNTS
+    finally:
+        COUNTS = outer
 
 
-def _caller():
-    """file:line function of the nearest frame outside this file (where the engine asked)."""
+def _caller(depth=1):
+    """'file:line function' of the nearest frame outside this file (where the engine asked),
+    and of its callers up to `depth` frames, joined by ' < '."""
     frame = sys._getframe(2)
     while frame.f_code.co_filename == __file__:
         frame = frame.f_back
-    code = frame.f_code
-    return f"{os.path.relpath(code.co_filename)}:{frame.f_lineno} {code.co_name}"
+    sites = []
+    while frame is not None and len(sites) < depth:
+        code = frame.f_code
+        sites.append(f"{os.path.relpath(code.co_filename)}:{frame.f_lineno} {code.co_name}")
+        frame = frame.f_back
+    return " < ".join(sites)
 
 
 # ---- the array type ---------------------------------------------------------------------
@@ -326,7 +334,8 @@ class ufunc:
 
     def at(self, a, indices, b=None):
         if self.__name__ not in ("add", "subtract", "maximum", "minimum"):
-            raise AttributeError(f"fake cupy: {self.__name__}.at is not one of CuPy's scatter ops")
+            raise NotImplementedError(f"fake cupy: {self.__name__}.at (CuPy's scatter ops are "
+                                      f"add, subtract, maximum, minimum)")
         raw, _ = _index(indices)
         COUNTS.launch(self.__name__ + ".at")
         self._fn.at(a._a, raw[:-1] if raw[-1] is Ellipsis else raw, _operand(b))

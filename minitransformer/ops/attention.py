@@ -145,7 +145,8 @@ def _hook_heads(hook, name, x):
 
 def _attend(q, k, v, hook):
     """q, k, v (B,H,T,E) -> pattern (B,H,T,T), z (B,H,T,E), through hook_attn_scores. The
-    blocked core never forms the scores: they are formed only when someone reads them."""
+    scores are formed as an activation only when someone reads them (the blocked core never
+    holds them whole)."""
     attend = attention_core(q)[0]
     if not hook.wants("hook_attn_scores"):
         return attend(q, k, v)
