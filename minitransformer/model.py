@@ -25,8 +25,8 @@ class Model:
     config: a ModelConfig or a dict of its fields. params: {TransformerLens name: array};
     None initialises from numpy.random.default_rng(seed) on the host, then moves to the
     device, so a seed gives the same model on NumPy and CuPy.
-    device: "cpu", "gpu" (CuPy; an error if absent) or "auto". dtype: float32 to train,
-    float64 for gradient checks.
+    device: "cpu", "gpu" (CuPy; an error if it cannot run here) or "auto" (CuPy if it can,
+    else NumPy). dtype: float32 to train, float64 for gradient checks.
 
     Interventions, accepted by forward, run_with_cache, per_token_loss, loss_and_grads:
       zero_heads=[(layer, head), ...]  zero those heads' outputs (a full ablation when

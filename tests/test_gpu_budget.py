@@ -23,13 +23,15 @@ MODELS = {"reference": dict(n_layers=2, d_model=128, n_heads=4, d_head=32, n_ctx
 MAX_SYNCS, MAX_LAUNCHES = 2, 800
 
 
-def counted_step(name, batch, grad_clip=1.0, steps=2):
+def counted_step(name, batch, grad_clip=1.0, steps=2, tokens_on_device=False):
     """The counts of one train_step (the training loop's), read back as the loop reads it,
     after `steps` steps of warm-up (the first allocates the optimizer's state)."""
     model = Model(MODELS[name], seed=0, device="gpu")
     optimizer = AdamW()
     frozen = () if model.config.pos_trainable else ("pos_embed.W_pos",)
     tokens = np.random.default_rng(0).integers(0, 256, (batch, model.config.n_ctx))
+    if tokens_on_device:
+        tokens = model.xp.asarray(tokens)
 
     def step(i):
         return to_floats(*train_step(model, optimizer, tokens, learning_rate(i, 1e-3, 10),
@@ -54,6 +56,13 @@ def test_a_training_step_fits_the_budget(fake_gpu, name):
     print(report)
     assert counted_step(name, batch=2).n_launches == counts.n_launches, \
         "launches depend on the batch size: a loop over the batch on the GPU path?"
+
+
+def test_tokens_already_on_the_device_cost_one_sync_more(fake_gpu):
+    """Their range check (CuPy would wrap a bad id silently) reads their min and max back."""
+    counts = counted_step("reference", batch=2, tokens_on_device=True)
+    assert len(counts.syncs) == MAX_SYNCS and counts.uploads == 0, counts.report()
+    assert "tokens" in counts.syncs[0] and "to_floats" in counts.syncs[1], counts.report()
 
 
 def test_clipping_is_decided_on_the_device(fake_gpu):
