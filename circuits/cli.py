@@ -4,6 +4,7 @@ import argparse
 import math
 from collections import namedtuple
 
+from minitransformer.backend import add_device_argument
 from minitransformer.io import atomic_write
 
 from .scores import HeadScores
@@ -11,7 +12,8 @@ from .scores import HeadScores
 
 def run_parser(prog, doc, all_steps_help="every snapshot", formats=("json",), plot_help=None):
     """An ArgumentParser with `run`, the mutually exclusive --step / --all-steps, the output
-    formats (--json, --csv: mutually exclusive) and, with plot_help, --plot OUT.png."""
+    formats (--json, --csv: mutually exclusive), with plot_help --plot OUT.png, and --device
+    (open the run with Run(args.run, args.device))."""
     parser = argparse.ArgumentParser(prog=prog, description=doc.split("\n\n")[0])
     parser.add_argument("run", help="a run's run.npz or its directory")
     which = parser.add_mutually_exclusive_group()
@@ -22,6 +24,7 @@ def run_parser(prog, doc, all_steps_help="every snapshot", formats=("json",), pl
         form.add_argument(f"--{name}", action="store_true", help=f"{name.upper()} instead of a table")
     if plot_help:
         parser.add_argument("--plot", metavar="OUT.png", help=plot_help)
+    add_device_argument(parser)
     return parser
 
 

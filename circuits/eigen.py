@@ -102,7 +102,7 @@ def main(argv=None):
     try:
         if args.plot:
             output_file(args.plot, "--plot")
-        run = Run(args.run)
+        run = Run(args.run, args.device)
         with blas_threads(1):   # many small products: threads only cost (circuits/threads.py)
             rows = run_rows(run, selected_steps(run, args))
     except ValueError as e:

@@ -185,7 +185,7 @@ def main(argv=None):
             raise ValueError("--n-eval: must be at least 1")
         if args.plot:
             output_file(args.plot, "--plot")
-        run = Run(args.run)
+        run = Run(args.run, args.device)
         steps = selected_steps(run, args, all_by_default=args.validate)
         with blas_threads(1):   # small products on a busy machine: threads only cost
             if args.validate:

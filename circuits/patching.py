@@ -282,7 +282,7 @@ def main(argv=None):
             raise ValueError("--all-steps: patching reads one snapshot; give --step S or none")
         if args.plot:
             output_file(args.plot, "--plot")
-        run = Run(args.run)
+        run = Run(args.run, args.device)
         plot_path = pathlib.Path(args.plot) if args.plot else output_file(run.dir / "patching.png", "--plot")
         model = run.model(args.step)
         pairs = min(8, len(run.eval_tokens)) if args.pairs is None else args.pairs

@@ -16,6 +16,7 @@ import numpy as np
 
 from circuits import HeadScores, ablation_losses, icl_change, icl_score
 from circuits.threads import blas_threads
+from minitransformer.backend import add_device_argument
 from minitransformer.io import error
 from minitransformer.runs import Run, read_npz, run_file, save_npz
 
@@ -160,10 +161,11 @@ def main(argv=None):
                                      description="Measure every snapshot of a run (cached).")
     parser.add_argument("runs", nargs="+", help="run directories")
     parser.add_argument("--force", action="store_true", help="recompute even if cached")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     try:
         for path in args.runs:
-            measure_run(Run(path), log=print, force=args.force)
+            measure_run(Run(path, args.device), log=print, force=args.force)
     except ValueError as e:
         return error(e)
     return 0

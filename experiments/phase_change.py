@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits import HeadScores, repeated_random_tokens
+from minitransformer.backend import add_device_argument
 from minitransformer.io import atomic_write, atomic_write_text, error, output_file
 from minitransformer.runs import Run
 
@@ -199,13 +200,14 @@ def main(argv=None):
     parser.add_argument("--points", type=int, default=40,
                         help="snapshots at which to measure the ICL score (default 40)")
     parser.add_argument("--png", help="figure path (default <run>/phase_change.png)")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     try:
         if args.points < 2:
             raise ValueError(f"--points {args.points}: must be at least 2")
-        run = Run(args.run)
+        run = Run(args.run, args.device)
         png = output_file(args.png or run.dir / "phase_change.png", "--png")
-        control = analyse(Run(args.control), args.points) if args.control else None
+        control = analyse(Run(args.control, args.device), args.points) if args.control else None
         a = analyse(run, args.points)
         plot(run, a, png, control)
     except ValueError as e:

@@ -8,7 +8,7 @@ from collections import namedtuple
 import numpy as np
 
 from . import ops
-from .backend import resolve_device, to_numpy
+from .backend import array_module, resolve_device, to_floats, to_numpy
 from .config import ModelConfig
 from .hooks import HookPoints
 from .params import check_params, init_params
@@ -25,8 +25,8 @@ class Model:
     config: a ModelConfig or a dict of its fields. params: {TransformerLens name: array};
     None initialises from numpy.random.default_rng(seed) on the host, then moves to the
     device, so a seed gives the same model on NumPy and CuPy.
-    device: "cpu", "gpu" (CuPy; an error if absent) or "auto". dtype: float32 to train,
-    float64 for gradient checks.
+    device: "cpu", "gpu" (CuPy; an error if it cannot run here) or "auto" (CuPy if it can,
+    else NumPy). dtype: float32 to train, float64 for gradient checks.
 
     Interventions, accepted by forward, run_with_cache, per_token_loss, loss_and_grads:
       zero_heads=[(layer, head), ...]  zero those heads' outputs (a full ablation when
@@ -85,42 +85,55 @@ class Model:
         logits, cache = self.forward_train(tokens, **interventions)
         return to_numpy(ops.per_token_cross_entropy(logits, cache.tokens))
 
-    def loss_and_grads(self, tokens, **interventions):
+    def loss_and_grads(self, tokens, device_loss=False, **interventions):
         """Next-token loss averaged over the B*(T-1) predictions -> (loss float, grads dict
-        keyed like params, arrays on the model's device). hooks= may read activations; a
-        hook that returns a replacement is a ValueError (the backward ignores hooks)."""
-        B, T = self.tokens(tokens).shape
+        keyed like params, arrays on the model's device). device_loss: the loss as a 0-d
+        array on the device instead, so that nothing waits for the device (the training
+        loop reads it later). hooks= may read activations; a hook that returns a
+        replacement is a ValueError (the backward ignores hooks)."""
+        tokens = self.tokens(tokens)
+        B, T = tokens.shape
         if B == 0 or T < 2:
             raise ValueError(f"tokens: shape {(B, T)}; a loss needs at least one sequence of at "
                              f"least 2 tokens (each predicts the next)")
-        logits, cache = self.forward_train(tokens, **interventions)
+        logits, cache = self._forward(tokens, **interventions)
         loss, loss_cache = ops.cross_entropy_forward(logits, cache.tokens)
-        return float(loss), self.backward(ops.cross_entropy_backward(1.0, loss_cache), cache)
+        grads = self.backward(ops.cross_entropy_backward(1.0, loss_cache), cache)
+        return (loss if device_loss else float(loss)), grads
 
     # ---- forward and backward -------------------------------------------------------------
 
     def tokens(self, tokens):
-        """Validate and move tokens: int (B,T) or (T,), 0 <= id < d_vocab, T <= n_ctx."""
-        host = np.asarray(to_numpy(tokens))
-        if host.ndim == 1:
-            host = host[None]
-        if host.ndim != 2 or not np.issubdtype(host.dtype, np.integer):
+        """Validate and move tokens: int (B,T) or (T,), 0 <= id < d_vocab, T <= n_ctx. Tokens
+        already on the model's GPU stay there; their range check costs one host sync."""
+        xp = self.xp
+        on_device = xp is not np and array_module(tokens) is xp
+        ids = tokens if on_device else np.asarray(to_numpy(tokens))
+        if ids.ndim == 1:
+            ids = ids[None]
+        if ids.ndim != 2 or not np.issubdtype(ids.dtype, np.integer):
             raise ValueError(f"tokens: expected an integer array [batch, pos], got "
-                             f"dtype {host.dtype} shape {host.shape}")
-        if host.shape[1] > self.config.n_ctx:
-            raise ValueError(f"tokens: {host.shape[1]} positions exceed n_ctx={self.config.n_ctx}")
-        if host.size and (host.min() < 0 or host.max() >= self.config.d_vocab):
-            raise ValueError(f"tokens: ids must lie in [0, {self.config.d_vocab}), got "
-                             f"[{host.min()}, {host.max()}]")
-        return self.xp.asarray(host, dtype=np.int64)
+                             f"dtype {ids.dtype} shape {ids.shape}")
+        if ids.shape[1] > self.config.n_ctx:
+            raise ValueError(f"tokens: {ids.shape[1]} positions exceed n_ctx={self.config.n_ctx}")
+        if ids.size:
+            low, high = to_floats(ids.min(), ids.max()) if on_device else (ids.min(), ids.max())
+            if low < 0 or high >= self.config.d_vocab:
+                raise ValueError(f"tokens: ids must lie in [0, {self.config.d_vocab}), got "
+                                 f"[{low:.0f}, {high:.0f}]")
+        return xp.asarray(ids, dtype=np.int64)
 
     def forward_train(self, tokens, zero_heads=None, head_mask=None, patterns=None, record=None,
                       hooks=None):
         """-> (logits (B,T,V) on the device, ForwardCache for backward). Every activation
         passes through its hook point: `hooks` may read or replace it, `record`, a dict, is
         filled with what flows on, under TransformerLens hook names."""
+        return self._forward(self.tokens(tokens), zero_heads, head_mask, patterns, record, hooks)
+
+    def _forward(self, tokens, zero_heads=None, head_mask=None, patterns=None, record=None,
+                 hooks=None):
+        """forward_train of tokens already validated and on the device (Model.tokens)."""
         cfg, p, xp = self.config, self.params, self.xp
-        tokens = self.tokens(tokens)
         T = tokens.shape[1]
         masks = self._head_masks(zero_heads, head_mask)
         patterns = patterns or {}

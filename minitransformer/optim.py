@@ -2,6 +2,8 @@
 gradient clipping. Optimizer state is keyed like the parameters."""
 import math
 
+import numpy as np
+
 from .backend import array_module
 
 
@@ -22,17 +24,30 @@ def learning_rate(step, base_lr, warmup_steps=0, total_steps=None, schedule="con
 
 
 def global_norm(grads):
-    """sqrt of the sum of squares of every gradient entry (a Python float)."""
-    return math.sqrt(sum(float((g.astype("float64") ** 2).sum()) for g in grads.values()))
+    """sqrt of the sum of squares of every gradient entry, in float64 -> a 0-d array on the
+    grads' device: reading it (float()) is the only host sync."""
+    grads = list(grads.values())
+    xp = array_module(*grads)
+    if not grads:
+        return xp.zeros((), "float64")
+    squares = xp.stack([xp.square(g, dtype=np.float64).sum() for g in grads])   # (n_params,)
+    # the sum in order, as a Python sum adds (NumPy's cumsum runs in order; its sum is pairwise)
+    return xp.sqrt(xp.cumsum(squares)[-1])
 
 
 def clip_grad_norm(grads, max_norm):
-    """Scale all grads in place so their global norm is at most max_norm; -> the norm before."""
+    """Scale all grads in place so their global norm is at most max_norm -> the norm before,
+    a 0-d float64 array on the grads' device. The scale is computed and applied there too
+    (1 where no clipping is needed), so clipping costs no host sync."""
     norm = global_norm(grads)
-    if max_norm is not None and norm > max_norm:
-        scale = max_norm / (norm + 1e-6)
+    if max_norm is not None and grads:
+        xp = array_module(norm)
+        scale = xp.where(norm > max_norm, max_norm / (norm + 1e-6), 1.0)
+        scales = {}   # scale in each grad's dtype: rounded once, as a Python float scale was
         for g in grads.values():
-            g *= scale
+            if g.dtype not in scales:
+                scales[g.dtype] = scale.astype(g.dtype)
+            g *= scales[g.dtype]
     return norm
 
 
@@ -46,22 +61,45 @@ class AdamW:
         self.beta1, self.beta2 = betas
         self.eps, self.weight_decay = eps, weight_decay
         self.state = {"step": 0}
+        self._scratch = None   # two flat work buffers: a step allocates nothing after the first
 
     def step(self, params, grads, lr):
         """Update params in place from grads (keys absent from grads are left alone, e.g. a
-        frozen W_pos)."""
+        frozen W_pos). Every operation writes into an existing array (out=, in place)."""
         self.state["step"] += 1
         t = self.state["step"]
         correction1, correction2 = 1 - self.beta1 ** t, 1 - self.beta2 ** t
         for name, g in grads.items():
             p = params[name]
             xp = array_module(p)
-            m = self.state.setdefault("m." + name, xp.zeros_like(p))
-            v = self.state.setdefault("v." + name, xp.zeros_like(p))
+            m, v = self._moment("m." + name, p), self._moment("v." + name, p)
+            a, b = self._work(p, grads)
+            # m <- beta1 m + (1 - beta1) g
             m *= self.beta1
-            m += (1 - self.beta1) * g
+            m += xp.multiply(g, 1 - self.beta1, out=a)
+            # v <- beta2 v + (1 - beta2) g^2
             v *= self.beta2
-            v += (1 - self.beta2) * (g * g)
+            xp.multiply(g, g, out=a)
+            v += xp.multiply(a, 1 - self.beta2, out=a)
             if self.weight_decay and p.ndim >= 2:
                 p *= 1 - lr * self.weight_decay
-            p -= (lr / correction1) * m / (xp.sqrt(v / correction2) + self.eps)
+            # p <- p - (lr / correction1) m / (sqrt(v / correction2) + eps)
+            xp.sqrt(xp.divide(v, correction2, out=a), out=a)
+            a += self.eps
+            p -= xp.divide(xp.multiply(m, lr / correction1, out=b), a, out=b)
+
+    def _moment(self, key, p):
+        """The moment `key` of parameter p: zeros at its first step."""
+        if key not in self.state:
+            self.state[key] = array_module(p).zeros_like(p)
+        return self.state[key]
+
+    def _work(self, p, grads):
+        """Two work arrays of p's shape: views into two flat buffers, each as large as the
+        largest gradient, kept from step to step."""
+        xp, scratch = array_module(p), self._scratch
+        if (scratch is None or scratch[0].size < p.size or array_module(scratch[0]) is not xp
+                or scratch[0].dtype != p.dtype):
+            size = max(g.size for g in grads.values())
+            scratch = self._scratch = [xp.empty(size, dtype=p.dtype) for _ in range(2)]
+        return [s[:p.size].reshape(p.shape) for s in scratch]

@@ -20,6 +20,7 @@ from dataclasses import fields
 
 import numpy as np
 
+from .backend import resolve_device
 from .config import ModelConfig
 from .npz import Archive, one_line, read_npz, save_npz  # noqa: F401 (read_npz, save_npz re-exported)
 from .params import param_shapes
@@ -84,9 +85,12 @@ def _weights(archive, cfg, prefix):
 
 class Run:
     """A run on disk: only the members the format defines are read, each checked against
-    the config before its data is; snapshots are read lazily, one file each, when asked for."""
+    the config before its data is; snapshots are read lazily, one file each, when asked for.
+    device: where the models it builds (Run.model) compute, "cpu" | "gpu" | "auto"."""
 
-    def __init__(self, path):
+    def __init__(self, path, device="cpu"):
+        resolve_device(device)       # 'gpu' without one: an error now, not after the reading
+        self.device = device
         self.path = run_file(path)
         self.dir = self.path.parent
         with Archive(self.path) as archive:
@@ -154,9 +158,12 @@ class Run:
         return [f"{k} (stored {stored[k]!r}, given {given[k]!r})" for k in stored
                 if k != "device" and stored[k] != given[k]]
 
-    def model(self, step=None, device="cpu", dtype=np.float32):
+    def model(self, step=None, device=None, dtype=np.float32):
+        """The Model of the latest weights (step None) or of snapshot `step`, on `device`
+        (None: the run's)."""
         from .model import Model
-        return Model(self.config, params=self.params(step), device=device, dtype=dtype)
+        return Model(self.config, params=self.params(step), device=device or self.device,
+                     dtype=dtype)
 
     def tokens_at(self, step):
         """Training tokens seen at snapshot `step`."""
@@ -180,7 +187,7 @@ def open_run(path):
 
 def load_model(path, step=None, device="cpu"):
     """minitransformer.load: the latest weights of a run, or snapshot `step` -> Model."""
-    return Run(path).model(step, device=device)
+    return Run(path, device).model(step)
 
 
 def _text(value):

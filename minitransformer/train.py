@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from .backend import to_numpy
+from .backend import add_device_argument, to_floats, to_numpy
 from .config import ModelConfig
 from .data import (corpus_from_spec, describe, eval_set, random_crops, random_repeat_windows,
                    repeat_spans)
@@ -164,6 +164,18 @@ def _stored_run(out, cfg, tc, corpus, resume, force):
     return run
 
 
+def train_step(model, optimizer, tokens, lr, grad_clip, frozen=()):
+    """One training step: loss and gradients, global-norm clipping, AdamW -> (loss, gradient
+    norm before clipping), 0-d arrays on the model's device. Nothing in it reads the device
+    back (a GPU runs the step while the host queues it); frozen: names not to update."""
+    loss, grads = model.loss_and_grads(tokens, device_loss=True)
+    for name in frozen:
+        grads.pop(name, None)
+    grad_norm = clip_grad_norm(grads, grad_clip)
+    optimizer.step(model.params, grads, lr)
+    return loss, grad_norm
+
+
 def train(out, model_config, train_config, resume=False, force=False, progress=True,
           smear=None):
     """Train and save a run in `out` -> the final Run. Every setting, the corpus and the
@@ -194,9 +206,9 @@ def _train(out, cfg, tc, corpus, run, progress, smear):
     rng = np.random.default_rng(tc.seed + 1)
     log = {k: [] for k in LOG_KEYS}
     snapshots, step, elapsed = [], 0, 0.0
-    if run is not None:
+    if run is not None:   # continue on tc.device, this call's (not the stored run's)
         model = Model(cfg, params=run.params(), device=tc.device, smear=smear)
-        optimizer.state = {k: v if k == "step" else model.xp.asarray(v)
+        optimizer.state = {k: v if k == "step" else model.xp.asarray(v, dtype=model.dtype)
                            for k, v in run.optim_state.items()}
         rng.bit_generator.state = run.rng_state
         log = {k: list(v) for k, v in run.log.items()}
@@ -239,12 +251,8 @@ def _train(out, cfg, tc, corpus, run, progress, smear):
             repeat_spans(tokens, tc.repeat_fraction, rng)
         if tc.synthetic_fraction:
             random_repeat_windows(tokens, tc.synthetic_fraction, rng, d_vocab=cfg.d_vocab)
-        loss, grads = model.loss_and_grads(tokens)
-        for name in frozen:
-            grads.pop(name, None)
-        grad_norm = clip_grad_norm(grads, tc.grad_clip)
         lr = learning_rate(step, tc.lr, tc.warmup_steps, total_steps, tc.schedule)
-        optimizer.step(model.params, grads, lr)
+        loss, grad_norm = to_floats(*train_step(model, optimizer, tokens, lr, tc.grad_clip, frozen))
         step += 1
         for key, value in zip(LOG_KEYS, (step, step * tokens_per_step, loss, lr, grad_norm,
                                     time.time() - start)):
@@ -264,7 +272,7 @@ def build_parser():
     parser.add_argument("--out", required=True, help="run directory to write, e.g. runs/attn-only-2l")
     parser.add_argument("--corpus", help="text file or folder, 'stdlib' (the built-in Python "
                                          "standard library source), or synthetic:repeated|template")
-    parser.add_argument("--device", choices=["cpu", "gpu", "auto"], help="array backend (default cpu)")
+    add_device_argument(parser, default=None)   # None: the preset's (cpu); --resume follows it too
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument("--force", action="store_true", help="overwrite a run already in --out")
     parser.add_argument("--quiet", action="store_true", help="no progress output")

@@ -13,7 +13,9 @@ the per-head results passes through a hook point (minitransformer.hooks) on its 
 from collections import namedtuple
 from functools import lru_cache
 
-from ..backend import array_module
+import numpy as np
+
+from ..backend import array_module, device_of
 from ..hooks import NO_HOOKS
 
 AttentionCache = namedtuple(
@@ -38,9 +40,14 @@ def _project_backward(dy, x, W):
     return dx, dW, dflat.sum(0).reshape(H, E)
 
 
+def causal_mask(like, T):
+    """(T,T) on like's device, of like's dtype: 0 where key <= query, -inf above the diagonal.
+    Made once per device, size and dtype."""
+    return _causal_mask(array_module(like), device_of(like), T, like.dtype)
+
+
 @lru_cache(maxsize=16)
-def _causal_mask(xp, T, dtype):
-    """(T,T): 0 where key <= query, -inf above the diagonal."""
+def _causal_mask(xp, device, T, dtype):
     return xp.triu(xp.full((T, T), -xp.inf, dtype=dtype), k=1)
 
 
@@ -48,7 +55,7 @@ def softmax_forward(scores):
     """Causal softmax over the last axis. scores (...,T,T) -> pattern (...,T,T).
     Works in place on `scores` (the caller's array is consumed) to spare the memory traffic."""
     xp = array_module(scores)
-    scores += _causal_mask(xp, scores.shape[-1], scores.dtype)
+    scores += causal_mask(scores, scores.shape[-1])
     scores -= scores.max(-1, keepdims=True)
     xp.exp(scores, out=scores)
     scores /= scores.sum(-1, keepdims=True)
@@ -138,15 +145,16 @@ def _hook_heads(hook, name, x):
 
 def _attend(q, k, v, hook):
     """q, k, v (B,H,T,E) -> pattern (B,H,T,T), z (B,H,T,E), through hook_attn_scores. The
-    blocked core never forms the scores: they are formed only when someone reads them."""
+    scores are formed as an activation only when someone reads them (the blocked core never
+    holds them whole)."""
+    attend = attention_core(q)[0]
     if not hook.wants("hook_attn_scores"):
-        return attend_forward_blocked(q, k, v)
-    xp = array_module(q)
+        return attend(q, k, v)
     T, E = q.shape[-2:]
-    scores = (q @ k.swapaxes(-1, -2)) * E ** -0.5 + _causal_mask(xp, T, q.dtype)  # (B,H,T,T)
+    scores = (q @ k.swapaxes(-1, -2)) * E ** -0.5 + causal_mask(q, T)  # (B,H,T,T)
     hooked = hook("hook_attn_scores", scores)
     if hooked is scores:
-        return attend_forward_blocked(q, k, v)   # the numbers training computes
+        return attend(q, k, v)                   # the numbers training computes
     pattern = softmax_forward(hooked.copy())     # the copy: softmax works in place
     return pattern, pattern @ v
 
@@ -191,7 +199,7 @@ def attention_backward(dout, cache, smear_backward=smear_backward):
         dv = c.pattern.swapaxes(-1, -2) @ dz                     # (B,H,T,E)
         dv_input, grads["W_V"], grads["b_V"] = _project_backward(dv, c.v_input, c.W_V)
         return None, dv_input, grads
-    dq, dk, dv = attend_backward_blocked(dz, c.q, c.k, c.v, c.pattern, c.z)
+    dq, dk, dv = attention_core(dz)[1](dz, c.q, c.k, c.v, c.pattern, c.z)
     dv_input, grads["W_V"], grads["b_V"] = _project_backward(dv, c.v_input, c.W_V)
     if c.smear is not None:
         dk, grads["alpha"] = smear_backward(dk, c.smear)
@@ -201,9 +209,18 @@ def attention_backward(dout, cache, smear_backward=smear_backward):
 
 
 # ---- the attention core: scores -> causal softmax -> z, and its backward -------------------
-# attend_forward/attend_backward are the readable versions; the model uses the blocked twins,
-# which compute the same numbers (tests/test_attention_blocked.py) but skip the masked upper
-# triangle and work on cache-sized pieces: ~1.5x faster on a 2-core CPU.
+# attend_forward/attend_backward are the readable versions. On NumPy the model uses the
+# blocked twins, which compute the same numbers (tests/test_attention_blocked.py) but skip
+# the masked upper triangle and work on cache-sized pieces: ~1.5x faster on a 2-core CPU. On
+# a GPU the readable ones are also the fast ones: a handful of whole-array kernels, where the
+# blocks would cost ~60 kernel launches per layer and batch chunk for no cache to fit.
+
+def attention_core(like):
+    """(forward, backward) of the attention core for like's backend."""
+    if array_module(like) is np:
+        return attend_forward_blocked, attend_backward_blocked
+    return attend_forward, attend_backward
+
 
 def attend_forward(q, k, v):
     """q, k, v (...,T,E) -> pattern (...,T,T), z (...,T,E)."""
@@ -241,7 +258,7 @@ def attend_forward_blocked(q, k, v, batch_chunk=4, query_block=64):
     q_scaled = q * E ** -0.5                                      # scale the small side once
     for b, t0, t1 in _blocks(B, T, batch_chunk, query_block):
         scores = q_scaled[b, :, t0:t1] @ k[b, :, :t1].swapaxes(-1, -2)   # (b,H,t1-t0,t1)
-        scores[..., t0:] += _causal_mask(xp, t1 - t0, q.dtype)    # only the diagonal square
+        scores[..., t0:] += causal_mask(q, t1 - t0)               # only the diagonal square
         scores -= scores.max(-1, keepdims=True)
         rows = pattern[b, :, t0:t1, :t1]                          # a view: exp writes in place
         xp.exp(scores, out=rows)
