@@ -127,33 +127,33 @@ def exercise_markdown(name, blocks, stub):
 def notebook(path, stub):
     """The notebook of one solution file: the students' (stub=True) or the solution."""
     exercise, number = path.stem, path.name[2:4]
-    cells = []
-    for kind, source in top_level(path.read_text()):
-        if kind == "docstring":
-            cells += [nbformat.v4.new_markdown_cell(intro_markdown(source)),
-                      nbformat.v4.new_code_cell(SETUP.format(exercise=exercise))]
-            continue
-        pieces = parse(source, str(path))
-        code = render(pieces, number if stub else None).rstrip("\n")
-        marked = [piece for piece in pieces if isinstance(piece, Block)]
-        if kind == "main":
-            cells.append(nbformat.v4.new_markdown_cell(
-                f"## Run it\n\nThe printout or plot of `python -m exercises.{exercise}`; "
-                f"plots are also written to exercises/_output/."))
-            cells.append(nbformat.v4.new_code_cell(code, metadata={"tags": ["demo"]}))
-            continue
-        name = source_name(source) if marked else None
-        if marked:
-            cells.append(nbformat.v4.new_markdown_cell(exercise_markdown(name, marked, stub)))
-        cells.append(nbformat.v4.new_code_cell(code))
-        if marked:
-            cells.append(nbformat.v4.new_code_cell(f'check("{name}")',
-                                                   metadata={"tags": ["check"]}))
+    cells = [cell for kind, source in top_level(path.read_text())
+             for cell in cells_of(kind, source, exercise, number if stub else None)]
     for i, cell in enumerate(cells):
         cell.id = f"ex{number}-{i:02d}"                    # the same on every build
     return nbformat.v4.new_notebook(cells=cells, metadata={
         "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
         "language_info": {"name": "python"}})
+
+
+def cells_of(kind, source, exercise, number):
+    """The cells of one of top_level()'s pieces; number ("01") in the students' notebook,
+    where marked blocks become stubs, None in the solution notebook."""
+    markdown, code = nbformat.v4.new_markdown_cell, nbformat.v4.new_code_cell
+    if kind == "docstring":
+        return [markdown(intro_markdown(source)), code(SETUP.format(exercise=exercise))]
+    pieces = parse(source, exercise)
+    text = render(pieces, number).rstrip("\n")
+    if kind == "main":
+        return [markdown(f"## Run it\n\nThe printout or plot of `python -m exercises."
+                         f"{exercise}`; plots are also written to exercises/_output/."),
+                code(text, metadata={"tags": ["demo"]})]
+    marked = [piece for piece in pieces if isinstance(piece, Block)]
+    if not marked:
+        return [code(text)]
+    name = source_name(source)
+    return [markdown(exercise_markdown(name, marked, stub=number is not None)), code(text),
+            code(f'check("{name}")', metadata={"tags": ["check"]})]
 
 
 def source_name(source):

@@ -16,6 +16,17 @@ block's indentation, by
 
 Everything outside the markers (the text at the top, the code given to the student, the
 plot at the end) is copied as it is, so a stub and its solution cannot drift apart.
+
+A block opens with its hints, in steps, a nudge first and the answer only a step further:
+
+        # BEGIN SOLUTION: what to write, in a few words
+        # Hint 1: a nudge; `code` in backticks
+        #   and its next lines, "#" and three spaces
+        # Hint 2: the formula
+        ...the reference code...
+
+The stub leaves them out with the block; python -m exercises.hint prints them one step at
+a time, and the notebooks (make_notebooks.py) show them collapsed.
 """
 import argparse
 import ast
