@@ -97,7 +97,7 @@ class Definitions:
         try:
             return self._namespace[name]
         except KeyError:
-            raise AttributeError(f"{name} is not defined: run the cell that defines it") from None
+            raise AttributeError(f"{name} is not defined: run its cell first") from None
 
 
 class OneFunction:
@@ -124,9 +124,9 @@ class OneFunction:
 def notebook_check(exercise, namespace):
     """-> check(function) for a notebook of `exercise` ("ex01_layernorm_backward"): it runs
     the tests of exercises/test_01_*.py that check `function` (those of make exercise N=1)
-    on the notebook's definitions (namespace: its globals()), prints a line per failed or skipped test, and
-    raises the first failure: the stub's NotImplementedError, an error of the student's
-    code, or CheckFailed with the test's message."""
+    on the notebook's definitions (namespace: its globals()), prints a line per test that
+    fails or skips, and raises the first failure: the stub's NotImplementedError, an error
+    of the student's code, or CheckFailed with the test's message."""
     test_file = HERE / f"test_{exercise[2:]}.py"
     definitions = Definitions(namespace)
 

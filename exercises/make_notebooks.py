@@ -40,7 +40,7 @@ import pathlib
 import sys
 
 here = pathlib.Path.cwd().resolve()
-root = next((p for p in (here, *here.parents) if (p / "exercises" / "harness.py").is_file()), None)
+root = next((p for p in (here, *here.parents) if (p / "exercises/harness.py").is_file()), None)
 if root is None:
     raise RuntimeError("open this notebook inside the repository (exercises/notebooks/): "
                        "its checks need exercises/ and minitransformer/ from there")

@@ -3,10 +3,10 @@ every solution notebook runs clean in a Jupyter kernel (nbclient, headless), and
 students' notebook each check cell fails with that exercise's NotImplementedError (a check
 that fails otherwise, or passes, on a stub says nothing about the student's code).
 
-The kernels run with EXERCISE_FAST=1, as tests/test_exercises.py's checks do, two at a time:
-about a minute on 2 idle cores. The "Run it" (demo) cells run only where they need no
-trained model (DEMOS); the others train or load the tiny-induction model, a minute or two
-each, and stay the same code as the .py files' __main__ blocks."""
+The kernels run with EXERCISE_FAST=1, as tests/test_exercises.py's checks do, two at a
+time: 66-117 s in all, measured on a busy 2-core machine. The "Run it" (demo) cells run
+only where they need no trained model (DEMOS); the others train or load the tiny-induction
+model, a minute or two each, and are the same code as the .py files' __main__ blocks."""
 import ast
 import asyncio
 import pathlib
@@ -14,9 +14,10 @@ import re
 
 import pytest
 
-nbformat = pytest.importorskip("nbformat", reason="nbformat is not installed (pip install -e .[dev])")
-nbclient = pytest.importorskip("nbclient", reason="nbclient is not installed (pip install -e .[dev])")
-pytest.importorskip("ipykernel", reason="ipykernel is not installed (pip install -e .[dev])")
+MISSING = "{} is not installed (pip install -e .[dev]): the notebooks are not run"
+nbformat = pytest.importorskip("nbformat", reason=MISSING.format("nbformat"))
+nbclient = pytest.importorskip("nbclient", reason=MISSING.format("nbclient"))
+pytest.importorskip("ipykernel", reason=MISSING.format("ipykernel"))
 
 from exercises import make_notebooks, make_stubs  # noqa: E402 (after the skips)
 
@@ -120,7 +121,8 @@ def test_the_notebooks_hold_the_stub_and_the_solution(name, tmp_path):
                          (False, solution.read_text())):
         notebook = make_notebooks.notebook(solution, stub)
         code = [c for c in notebook.cells if c.cell_type == "code"][1:]   # after the setup
-        body = "\n".join(c.source for c in code if not tagged(c, "check") and not tagged(c, "demo"))
+        body = "\n".join(c.source for c in code
+                         if not tagged(c, "check") and not tagged(c, "demo"))
         module = ast.parse(source)
         expected = [node for node in module.body[1:] if not make_notebooks.is_main(node)]
         assert ast.dump(ast.parse(body)) == ast.dump(ast.Module(expected, [])), \
@@ -128,6 +130,7 @@ def test_the_notebooks_hold_the_stub_and_the_solution(name, tmp_path):
         checks = [code[i - 1].source for i, c in enumerate(code) if tagged(c, "check")]
         assert [make_notebooks.source_name(s) for s in checks] == list(functions)
         markdown = "\n".join(c.source for c in notebook.cells if c.cell_type == "markdown")
-        hints = [hint for blocks in functions.values() for block in blocks for hint in block.hints]
+        hints = [hint for blocks in functions.values() for block in blocks
+                 for hint in block.hints]
         outside = re.sub(r"<details>.*?</details>", "", markdown, flags=re.S)
         assert all(hint in markdown and hint not in outside for hint in hints)
