@@ -72,8 +72,11 @@ reproduce-small: install
 # ---- classroom exercises (exercises/README.md) -------------------------------------------
 # make exercise N=4 (or: make exercise 4) checks your exercises/ex04_*.py and says what is wrong.
 # make solutions checks the reference solutions (EXERCISE_FAST=0 for the full training runs).
-# CI needs no target of its own: tests/test_exercises.py, part of make test, runs the same checks.
-.PHONY: exercise solutions
+# make notebooks writes each exercise as a notebook with a check cell after every function:
+# exercises/notebooks/exNN_*.ipynb to hand out, exercises/notebooks/solutions/ for teachers.
+# CI needs no target of its own: tests/test_exercises.py and tests/test_exercise_notebooks.py,
+# part of make test, run the same checks and execute every notebook.
+.PHONY: exercise solutions notebooks
 EXERCISE_FAST ?= 1
 ifeq (exercise,$(firstword $(MAKECMDGOALS)))
 N ?= $(word 2,$(MAKECMDGOALS))
@@ -82,6 +85,11 @@ endif
 # the dev extras, installed only when missing (a full install takes ~10 s each time)
 define exercise_deps
 	@$(PYTHON) -c "import numpy, matplotlib, pytest, hypothesis" 2>/dev/null || $(MAKE) install
+endef
+
+define notebook_deps
+	@$(PYTHON) -c "import numpy, matplotlib, pytest, hypothesis, nbformat, ipykernel" 2>/dev/null \
+		|| $(MAKE) install
 endef
 
 exercise:
@@ -97,3 +105,7 @@ solutions:
 	EXERCISE_SOURCE=solutions EXERCISE_FAST=$(EXERCISE_FAST) OPENBLAS_NUM_THREADS=1 \
 		$(PYTHON) -m pytest -q -p no:cacheprovider exercises
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/test_exercises.py -k "stub"
+
+notebooks:
+	$(notebook_deps)
+	$(PYTHON) -m exercises.make_notebooks

@@ -2,6 +2,7 @@
 plots go. Exercises import it as `from exercises import common` (run them from the
 repository root: python -m exercises.ex05_induction_stripe)."""
 import pathlib
+import sys
 
 import numpy as np
 
@@ -44,9 +45,11 @@ def plot_path(name):
 
 
 def pyplot():
-    """matplotlib.pyplot on the Agg backend (writes PNGs, needs no display)."""
+    """matplotlib.pyplot on the Agg backend (writes PNGs, needs no display); in a notebook
+    on the notebook's own backend, so that the figures show there too."""
     import matplotlib
-    matplotlib.use("Agg")
+    if "ipykernel" not in sys.modules:
+        matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     return plt
 

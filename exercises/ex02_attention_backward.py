@@ -4,24 +4,23 @@ Paper: "Key Concepts: Induction Heads" (an induction head is one attention head;
 pattern decides where it looks, its values what it copies). Here you differentiate one.
 
 What to compute: the backward pass of one causal attention head (row vectors, x @ W),
+
     q = x W_Q   k = x W_K   v = x W_V                               (T,E) each
     scores = q k^T / sqrt(E), -inf above the diagonal (no looking ahead)   (T,T)
     pattern = softmax(scores) over each row                         (T,T)
     z = pattern v                                                   (T,E)
     out = z W_O                                                     (T,D)
+
 given dout = dLoss/dout, return dx, dW_Q, dW_K, dW_V, dW_O.
 
 Shapes: dout (T,D); cache from attention_head_forward ->
         dx (T,D), dW_Q, dW_K, dW_V (D,E), dW_O (E,D)
 
-Hint: undo the forward line by line, last line first, and write the line you invert above
-each step ("forward was: z = pattern v, so: dpattern = dz v^T, dv = pattern^T dz").
-The softmax is the one subtle step: p_ij = exp(s_ij) / sum_k exp(s_ik), so
-        ds_ij = p_ij (dp_ij - sum_k dp_ik p_ik).
-Masked entries need no special care: their p_ij is exactly 0. x is read three times (by
-q, k and v), so dx is a sum of three terms.
+Undo the forward line by line, last line first, and write the line you invert above each
+step ("forward was: z = pattern v, so: dpattern = dz v^T, dv = pattern^T dz").
 
 Run: python -m exercises.ex02_attention_backward     Check: make exercise N=2
+Hints, one step at a time: python -m exercises.hint 2 (then --step 2)
 """
 import numpy as np
 

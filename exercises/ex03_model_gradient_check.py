@@ -19,13 +19,8 @@ Shapes: numerical_grad: f() -> array like dout, x any shape -> gradient shaped l
         model_cases() -> strategy of dicts: n_layers, attn_only, normalization_type,
         positional_embedding_type, smeared_key (ModelConfig fields) and seed.
 
-Hint: model.forward_train(tokens) -> (logits, cache) and model.backward(dlogits, cache)
--> grads run the engine without a loss, so a random dlogits tests every path (with
-dlogits = ones a softmax backward that returns zeros would pass). Perturb the arrays in
-model.params in place: the model reads them at each forward. Use float64 and h ~ 1e-6.
-For the strategy: st.fixed_dictionaries({...}) with st.sampled_from and st.booleans.
-
 Run: python -m exercises.ex03_model_gradient_check     Check: make exercise N=3
+Hints, one step at a time: python -m exercises.hint 3 (then --step 2)
 """
 import numpy as np
 from hypothesis import given, settings, strategies as st
@@ -36,18 +31,6 @@ from minitransformer import Model
 def numerical_grad(f, x, dout, h=1e-6):
     """d/dx of sum(f() * dout), x perturbed in place one entry at a time -> like x."""
     raise NotImplementedError('exercise 03: central differences over every entry of x')
-
-
-def gradient_errors(model, tokens, dlogits):
-    """{param name: max|analytic - numeric| / max(max|numeric|, 1e-2)} for every parameter."""
-    raise NotImplementedError(
-        "exercise 03: the backward's gradient and numerical_grad's, per parameter")
-
-
-def model_cases():
-    """A hypothesis strategy of small model configurations (and a seed)."""
-    raise NotImplementedError(
-        'exercise 03: st.fixed_dictionaries over the five config fields and a seed')
 
 
 def tiny_model(case):
@@ -64,6 +47,12 @@ def tiny_model(case):
     return model
 
 
+def gradient_errors(model, tokens, dlogits):
+    """{param name: max|analytic - numeric| / max(max|numeric|, 1e-2)} for every parameter."""
+    raise NotImplementedError(
+        "exercise 03: the backward's gradient and numerical_grad's, per parameter")
+
+
 def check_case(case, tolerance=1e-5):
     """Build the drawn model, check its gradient -> {name: error} (given)."""
     model = tiny_model(case)
@@ -74,6 +63,12 @@ def check_case(case, tolerance=1e-5):
     worst = max(errors, key=errors.get)
     assert errors[worst] < tolerance, f"{case}: d{worst} is off by {errors[worst]:.1e}"
     return errors
+
+
+def model_cases():
+    """A hypothesis strategy of small model configurations (and a seed)."""
+    raise NotImplementedError(
+        'exercise 03: st.fixed_dictionaries over the five config fields and a seed')
 
 
 if __name__ == "__main__":

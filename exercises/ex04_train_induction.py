@@ -15,17 +15,15 @@ What to compute:
 Shapes: train(model_config, ...) -> (Model, list of float losses, one per step).
         copy_losses: tokens (N, 1 + 2 length) int -> (first float, second float).
 
-Hint: the pieces are minitransformer.data.random_crops(stream, batch, n_ctx, rng),
+The pieces: minitransformer.data.random_crops(stream, batch, n_ctx, rng),
 model.loss_and_grads(tokens) -> (loss, grads), minitransformer.clip_grad_norm(grads,
 max_norm), minitransformer.learning_rate(step, base_lr, warmup_steps),
-AdamW.step(params, grads, lr). Use the rng made for you and no other randomness: the test
+AdamW.step(params, grads, lr), and model.per_token_loss(tokens), (N, T-1): entry i is the
+loss of predicting token i+1. Use the rng made for you and no other randomness: the test
 compares your weights after a few steps with minitransformer.train's, bit for bit.
-model.per_token_loss(tokens) is (N, T-1): entry i is the loss of predicting token i+1.
-The first copy is tokens 1..length; its first token cannot be predicted, nor can the
-second copy's first token (nothing before says the segment restarts): leave both out,
-so first = losses[:, 1:length] and second = losses[:, length + 1:].
 
 Run: python -m exercises.ex04_train_induction (about 1-2 minutes)   Check: make exercise N=4
+Hints, one step at a time: python -m exercises.hint 4 (then --step 2)
 """
 import math
 import time
@@ -57,7 +55,7 @@ def train(model_config, total_tokens=800_000, batch_size=16, lr=5e-3, warmup_ste
 def copy_losses(model, tokens, length):
     """BOS + segment + segment (N, 1 + 2 length) -> (mean loss on the first copy, on the
     second copy), the unpredictable first token of each copy left out."""
-    raise NotImplementedError('exercise 04: per_token_loss, then the two slices of the hint')
+    raise NotImplementedError("exercise 04: per_token_loss, then the two copies' means")
 
 
 if __name__ == "__main__":

@@ -19,14 +19,11 @@ What to compute:
 Shapes: repeated_random_tokens -> (n, 1 + length * repeats) int64.
         induction_stripe: pattern (N, H, T, T) -> (H,) in [0, 1].
 
-Hint: rng = np.random.default_rng(seed); rng.choice(..., replace=False) draws distinct
-tokens; np.tile repeats along an axis. For the stripe, np.diagonal(pattern, offset,
-axis1=-2, axis2=-1) returns diagonal `offset` (negative: below the main one) of every
-(T, T) matrix: its k-th entry is pattern[..., k - offset, k], query k - offset.
+The first run of exercises 05-12 trains the 2-layer tiny-induction model (~1 minute); it
+is kept in exercises/_output/runs for the others.
 
 Run: python -m exercises.ex05_induction_stripe    Check: make exercise N=5
-(the first run of exercises 05-12 trains the 2-layer tiny-induction model, ~1 minute; it
-is kept in exercises/_output/runs for the others)
+Hints, one step at a time: python -m exercises.hint 5 (then --step 2)
 """
 import numpy as np
 
@@ -44,7 +41,7 @@ def repeated_random_tokens(n, length, repeats, d_vocab=256, seed=0):
 def induction_stripe(pattern, length):
     """pattern (N, H, T, T) -> (H,): mean attention from i to i - length + 1, i >= 1 + length."""
     raise NotImplementedError(
-        'exercise 05: the diagonal at offset -(length - 1), from query 1 + length on')
+        'exercise 05: one diagonal of each pattern, from query 1 + length on')
 
 
 if __name__ == "__main__":

@@ -12,22 +12,24 @@ What to compute, for a model without LayerNorm (as ours), on BOS + n distinct ra
      for keys j >= 1 (BOS is no sample token).
   2. copying_score: mean-subtract the impact over the n tokens t and ReLU it: the raise
      r[e, h, j, t]. Weight each key by how much attention it gets, w_j = sum_i pattern[i, j]
-     over all queries i. Then
-        A = sum_j w_j r[j, t = j]                            raise on the attended token
-        O = sum_j w_j (sum_t r[j, t] - r[j, t = j]) / (n - 1)  raise on an average other
-        score = (A - O) / (A + O)     in [-1, 1]: 1 copies, 0 no preference
-     per example, then the mean over examples. A head that writes nothing W_U reads gets
+     over all queries i. Then, per example,
+
+         A = sum_j w_j r[j, t = j]                              raise on the attended token
+         O = sum_j w_j (sum_t r[j, t] - r[j, t = j]) / (n - 1)  raise on an average other
+         score = (A - O) / (A + O)     in [-1, 1]: 1 copies, 0 no preference
+
+     and then the mean over examples. A head that writes nothing W_U reads gets
      0 / 0 = NaN: that is the right answer, leave it.
 
 Shapes: tokens (N, 1 + n). direct_logit_impact(model, cache, layer, tokens) ->
         (N, H, n, n) [example, head, key j - 1, sample token t].
         copying_score(model, tokens) -> (n_layers, n_heads).
 
-Hint: cache[f"blocks.{l}.attn.hook_v"] is (N, T, H, E); model.params["blocks.{l}.attn.W_O"]
-is (H, E, D), "unembed.W_U" (D, V). W_U[:, tokens[:, 1:]] is (D, N, n). np.einsum does
-every step; np.diagonal(r, axis1=-2, axis2=-1) picks r[..., j, t = j].
+cache[f"blocks.{l}.attn.hook_v"] is (N, T, H, E); model.params["blocks.{l}.attn.W_O"] is
+(H, E, D), "unembed.W_U" (D, V).
 
 Run: python -m exercises.ex07_copying_score    Check: make exercise N=7
+Hints, one step at a time: python -m exercises.hint 7 (then --step 2)
 """
 import numpy as np
 

@@ -15,15 +15,12 @@ What to compute, for a model without LayerNorm:
 Shapes: full_ov_factors -> A (H, V, E), B (H, E, V). nonzero_eigenvalues -> (H, E) complex.
         eigenvalue_copying_score: (..., E) -> (...) float.
 
-Why BA suffices (answer this before you look at the test): if A B v = l v with l != 0, then
-B A (B v) = B (A B v) = l (B v), and B v != 0 (else A B v = 0 = l v), so l is an eigenvalue
-of B A too; the same argument run backwards shows the converse. AB has rank <= E, so its
-other V - E eigenvalues are 0, which add nothing to either sum. A 256 x 256 eigenproblem
-becomes a 64 x 64 one; for a real model's 50k-token vocabulary, 50k x 50k becomes 128 x 128.
-
-Hint: np.linalg.eigvals works on a stack (..., E, E). params are float32: cast to float64.
+Why do the eigenvalues of BA suffice? Answer it before you write nonzero_eigenvalues (its
+hints hold the argument). A 256 x 256 eigenproblem becomes a 64 x 64 one; for a real
+model's 50k-token vocabulary, 50k x 50k becomes 128 x 128.
 
 Run: python -m exercises.ex08_ov_eigenvalues    Check: make exercise N=8
+Hints, one step at a time: python -m exercises.hint 8 (then --step 2)
 """
 import time
 

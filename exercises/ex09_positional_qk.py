@@ -4,9 +4,9 @@ Paper: Argument 5, "Summary of Reverse Engineering Induction Heads" (an inductio
 needs "an earlier previous token head"), and method "(3) Head activation evaluators:
 Previous token" (mean attention from each token to the one before it). Where does a
 previous-token head's habit come from? In our models, from positions alone: with
-Shortformer positions the query and key inputs are token + W_pos, and the position-
-position term of the score, W_pos W_Q W_K^T W_pos^T, can by itself point every query i at
-key i - 1.
+Shortformer positions the query and key inputs are token + W_pos, and the
+position-position term of the score, W_pos W_Q W_K^T W_pos^T, can by itself point every
+query i at key i - 1.
 
 What to compute:
   1. positional_qk_scores(model, layer): per head, the (P, P) position-position part of
@@ -18,12 +18,10 @@ What to compute:
 Shapes: positional_qk_scores -> (H, P, P) [head, query position, key position];
         positional_pattern (H, P, P) -> (H, P, P); previous_token_share -> (H,).
 
-Hint: W_pos is model.params["pos_embed.W_pos"] (P, D); W_Q, W_K are (H, D, E). Keep the
-(P, P) product small by computing W_pos W_Q (H, P, E) and W_pos W_K first. Mask with -inf
-above the diagonal (np.triu(..., k=1)) before the softmax; subtract each row's max.
-np.diagonal(pattern, -1, axis1=-2, axis2=-1) is the i -> i - 1 diagonal.
+W_pos is model.params["pos_embed.W_pos"] (P, D); W_Q, W_K are (H, D, E).
 
 Run: python -m exercises.ex09_positional_qk    Check: make exercise N=9
+Hints, one step at a time: python -m exercises.hint 9 (then --step 2)
 """
 import numpy as np
 

@@ -9,11 +9,15 @@ eigenvalues" (the trace of that W, weighted by how previous-token-like each earl
 What to compute (model without LayerNorm; row vectors, x @ W):
   1. k_composition_scores(model, later, earlier): for head b of layer `later` and head a
      of layer `earlier`, with W_OV^a = W_V^a W_O^a and W_QK^b = W_Q^b W_K^b^T (D, D):
-        ||W_OV^a (W_QK^b)^T||_F / (||W_OV^a||_F ||W_QK^b||_F)
+
+         ||W_OV^a (W_QK^b)^T||_F / (||W_OV^a||_F ||W_QK^b||_F)
+
      How much of what a writes does b's key side read? (Random matrices: ~1/sqrt(D).)
   2. prev_token_trace(model, layer, head, previous_token_scores): the query token t meets
      a key whose previous token was t' through
-        W[t, t'] = sum_k p_k  W_E[t] W_Q W_K^T (W_OV^k)^T W_E[t']^T      (V, V)
+
+         W[t, t'] = sum_k p_k  W_E[t] W_Q W_K^T (W_OV^k)^T W_E[t']^T      (V, V)
+
      over the heads k of earlier layers, p = previous_token_scores (L, H). Return its
      trace and trace / ||W||_F. A positive trace: the head prefers keys whose previous
      token equals the present token, which is prefix matching.
@@ -21,13 +25,13 @@ What to compute (model without LayerNorm; row vectors, x @ W):
 Shapes: k_composition_scores -> (H later heads, H earlier heads).
         prev_token_trace -> (trace float, normalised float).
 
-Hint: the key of head b at position j reads x_j; head a added (attention) x_{j-1} W_OV^a
-to it, so b's score gains x_i W_QK^b (x_{j-1} W_OV^a)^T = x_i W_QK^b W_OV^a^T x_{j-1}^T:
-that is where the transposes come from. np.linalg.norm(M, axis=(-2, -1)) is the
-Frobenius norm of a stack. For the trace, never form the V x V matrix: trace(X Y) =
-sum(X * Y^T) for X (V, E), Y (E, V).
+Where the transposes come from: the key of head b at position j reads x_j; head a added
+(attention) x_{j-1} W_OV^a to it, so b's score gains
+
+    x_i W_QK^b (x_{j-1} W_OV^a)^T = x_i W_QK^b W_OV^a^T x_{j-1}^T.
 
 Run: python -m exercises.ex10_k_composition    Check: make exercise N=10
+Hints, one step at a time: python -m exercises.hint 10 (then --step 2)
 """
 import numpy as np
 
@@ -62,7 +66,7 @@ def prev_token_trace(model, layer, head, previous_token_scores):
     p = _params(model)
     W_E, a = p["embed.W_E"], f"blocks.{layer}.attn."
     raise NotImplementedError(
-        'exercise 10: S = sum_k p_k W_OV^k^T, then W = (W_E W_Q) (W_K^T S W_E^T)')
+        'exercise 10: the trace of W and its norm, never forming W for the trace')
 
 
 if __name__ == "__main__":

@@ -8,10 +8,12 @@ If you can write the weights yourself, you understand the circuit.
 What to build: a 2-layer attention-only model (one head per layer, no LayerNorm, Shortformer
 positions: W_pos is added to the query and key inputs only) whose residual stream has four
 one-hot subspaces, each a block of coordinates:
+
     TOKEN [0, V)          the present token          written by W_E         (given)
     POS   [V, V + P)      the position               added by W_pos          (given)
     PREV  [V + P, 2V + P) the previous token         written by head 0.0     (yours)
     OUT   [2V + P, 3V + P) the predicted next token  written by head 1.0, read by W_U (given)
+
 Head 0.0 (previous-token head): the query at position i must score key i - 1 highest (a
 score of `big` against 0); it copies the key's TOKEN into PREV.
 Head 1.0 (induction head): the query's TOKEN must match the key's PREV (score `big` when
@@ -20,14 +22,11 @@ equal); it copies the key's TOKEN into OUT, where W_U turns it into a logit.
 Shapes: W_Q, W_K, W_V of a head are (D, E), W_O (E, D); here D = 3V + P and d_head
 E = max(V, P), so a head's E coordinates can index a token or a position.
 
-Hint: the score is (x_i W_Q) . (x_j W_K) / sqrt(E). To make it `big` exactly when key j is
-query i's previous position, send query position i to head coordinate i and key position
-j to coordinate j + 1: W_Q[POS + i, i] = big, W_K[POS + j, j + 1] = 1. Matching TOKEN with
-PREV works the same way, coordinate t for token t. The OV circuits are copies: W_V takes
-TOKEN + t to coordinate t, W_O takes coordinate t to PREV + t (head 0.0) or OUT + t (1.0).
-Afterwards compare with circuits.handmade.induction_model, which builds the same circuit.
+The score is (x_i W_Q) . (x_j W_K) / sqrt(E), and `big` is given. Afterwards compare
+with circuits.handmade.induction_model, which builds the same circuit.
 
 Run: python -m exercises.ex11_handmade_induction    Check: make exercise N=11
+Hints, one step at a time: python -m exercises.hint 11 (then --step 2)
 """
 import numpy as np
 
@@ -36,6 +35,13 @@ from exercises import common
 from minitransformer import Model
 from minitransformer.config import ModelConfig
 from minitransformer.params import param_shapes
+
+
+def second_copy_accuracy(model, tokens, length):
+    """How often the argmax prediction is right, on the first and the second copy (given)."""
+    predictions = model.forward(tokens).argmax(-1)[:, :-1]          # (N, T-1): for token i+1
+    right = predictions == tokens[:, 1:]
+    return float(right[:, 1:length].mean()), float(right[:, length + 1:].mean())
 
 
 def build_induction_model(d_vocab=32, n_ctx=64, sharpness=20.0, logit_scale=10.0):
@@ -60,13 +66,6 @@ def build_induction_model(d_vocab=32, n_ctx=64, sharpness=20.0, logit_scale=10.0
         'exercise 11: head 1.0, the induction head (QK TOKEN against PREV, OV from TOKEN to '
         'OUT)')
     return Model(config, params=p, dtype=np.float64)
-
-
-def second_copy_accuracy(model, tokens, length):
-    """How often the argmax prediction is right, on the first and the second copy (given)."""
-    predictions = model.forward(tokens).argmax(-1)[:, :-1]          # (N, T-1): for token i+1
-    right = predictions == tokens[:, 1:]
-    return float(right[:, 1:length].mean()), float(right[:, length + 1:].mean())
 
 
 if __name__ == "__main__":

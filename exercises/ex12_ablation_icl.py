@@ -23,12 +23,12 @@ What to compute:
 Shapes: losses (N, T-1) -> float. pattern_preserving_losses -> (N, T-1).
         icl_change -> (n_layers, n_heads).
 
-Hint: model.run_with_cache(tokens) -> (logits, cache); the patterns are the cache entries
-whose names end in "hook_pattern". model.per_token_loss(tokens, zero_heads=[(layer, head)],
-patterns=patterns) runs the ablated model. Without patterns= it is a full ablation: try
-both on head 0.0 and explain the difference (exercise 10 tells you why).
+model.per_token_loss(tokens, zero_heads=[(layer, head)]) runs the model with a head
+zeroed: a full ablation, every later pattern recomputed. Compare it with yours on head 0.0
+and explain the difference (exercise 10 tells you why).
 
 Run: python -m exercises.ex12_ablation_icl    Check: make exercise N=12
+Hints, one step at a time: python -m exercises.hint 12 (then --step 2)
 """
 import numpy as np
 

@@ -31,6 +31,7 @@ def wrong_dx(dout, cache):
                     - xhat * (dout * xhat).mean(-1, keepdims=True))}
 
 
+@pytest.mark.checks("layernorm_backward")
 @pytest.mark.parametrize("seed", range(3))
 def test_dx_matches_finite_differences(seed):
     x, w, b, dout = case(seed)
@@ -41,6 +42,7 @@ def test_dx_matches_finite_differences(seed):
                 mistakes=wrong_dx(dout, cache))
 
 
+@pytest.mark.checks("layernorm_backward")
 @pytest.mark.parametrize("seed", range(3))
 def test_dw_db_match_finite_differences(seed):
     x, w, b, dout = case(seed)
@@ -55,6 +57,7 @@ def test_dw_db_match_finite_differences(seed):
                 "finite differences", atol=1e-7, hint="forward was out = xhat * w + b")
 
 
+@pytest.mark.checks("layernorm_backward")
 def test_agrees_with_the_engine_on_any_leading_shape():
     for shape in [(7,), (4, 7), (2, 3, 7)]:
         x, w, b, dout = case(10, shape)

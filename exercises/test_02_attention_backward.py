@@ -43,6 +43,7 @@ def mistakes(dout, cache):
             grads(paths=(1, 1, 0))}
 
 
+@pytest.mark.checks("attention_head_backward")
 @pytest.mark.parametrize("seed", range(3))
 def test_every_gradient_matches_finite_differences(seed):
     inputs, dout = case(seed)
@@ -56,6 +57,7 @@ def test_every_gradient_matches_finite_differences(seed):
                     mistakes={e: g[name] for e, g in known.items() if name in g})
 
 
+@pytest.mark.checks("attention_head_backward")
 def test_no_gradient_flows_from_the_future():
     """Causality: a loss on position 0 only cannot depend on later positions' x."""
     inputs, dout = case(3)
@@ -68,6 +70,7 @@ def test_no_gradient_flows_from_the_future():
                     "are the masked (future) entries of the pattern taking part?", pytrace=False)
 
 
+@pytest.mark.checks("attention_head_backward")
 def test_agrees_with_the_engine():
     inputs, dout = case(4, T=7, D=8, E=4)
     x, W_Q, W_K, W_V, W_O = inputs.values()

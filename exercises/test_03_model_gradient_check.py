@@ -1,6 +1,7 @@
 """Exercise 03: the student's gradient checker must pass a correct model and catch a
 broken backward; their strategy must cover the configurations."""
 import numpy as np
+import pytest
 from hypothesis import given, settings
 
 import minitransformer.ops
@@ -12,6 +13,7 @@ CASE = dict(n_layers=2, attn_only=False, normalization_type="LN",
             positional_embedding_type="shortformer", smeared_key=True, seed=3)
 
 
+@pytest.mark.checks("numerical_grad")
 def test_numerical_grad_of_a_known_function():
     rng = np.random.default_rng(0)
     x, dout = rng.normal(size=(3, 4)), rng.normal(size=(3, 4))
@@ -27,6 +29,7 @@ def test_numerical_grad_of_a_known_function():
                 hint="each entry: (sum(f * dout) at x+h minus at x-h) / 2h")
 
 
+@pytest.mark.checks("gradient_errors")
 def test_a_correct_model_passes():
     model = ex.tiny_model(CASE)
     rng = np.random.default_rng(0)
@@ -41,6 +44,7 @@ def test_a_correct_model_passes():
              f"numerical_grad right, and do you divide by max(max|numeric|, 1e-2)?")
 
 
+@pytest.mark.checks("gradient_errors")
 def test_a_broken_backward_is_caught(monkeypatch):
     """Drop LayerNorm's mean term from the engine's backward: the check must say so."""
     def broken(dout, cache):
@@ -56,6 +60,7 @@ def test_a_broken_backward_is_caught(monkeypatch):
              f"but your gradient_errors reports only {errors['embed.W_E']:.1e} for it")
 
 
+@pytest.mark.checks("model_cases")
 def test_the_strategy_draws_valid_and_varied_models():
     seen = {k: set() for k in CASE}
 
@@ -78,6 +83,7 @@ def test_the_strategy_draws_valid_and_varied_models():
              f"of shortformer, standard, none")
 
 
+@pytest.mark.checks("model_cases")
 def test_the_property_holds_on_random_models():
     @settings(max_examples=6, deadline=None, database=None, derandomize=True)
     @given(ex.model_cases())

@@ -13,6 +13,7 @@ ex = load("ex04_train_induction")
 MODEL, TRAIN = preset("tiny-induction")
 
 
+@pytest.mark.checks("train")
 def test_a_few_steps_match_minitransformer_train(tmp_path):
     config = dict(MODEL, n_layers=1, d_model=32, d_head=16)
     steps, clip = 4, 0.01                 # a small clip, so that clipping changes every step
@@ -43,6 +44,7 @@ def test_a_few_steps_match_minitransformer_train(tmp_path):
                          "learning_rate(step, lr, warmup_steps), after clip_grad_norm?")
 
 
+@pytest.mark.checks("copy_losses")
 def test_copy_losses():
     model = Model(dict(MODEL, n_layers=1, d_model=32, d_head=16), seed=0)
     length = 20
@@ -60,6 +62,7 @@ def test_copy_losses():
                                      losses[:, length:].mean()})
 
 
+@pytest.mark.checks("copy_losses")
 @pytest.mark.skipif(FAST, reason="EXERCISE_FAST: the full training run is skipped; the "
                                  "step-for-step match with minitransformer.train stands in")
 def test_the_two_layer_model_learns_induction():

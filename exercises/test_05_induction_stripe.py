@@ -1,6 +1,7 @@
 """Exercise 05: repeated random tokens have the right structure; the stripe is measured on
 the right diagonal (checked on a hand-built induction model and against a plain loop)."""
 import numpy as np
+import pytest
 
 from circuits import induction_model
 from exercises.harness import check_close, check_shape, fail, load
@@ -8,6 +9,7 @@ from exercises.harness import check_close, check_shape, fail, load
 ex = load("ex05_induction_stripe")
 
 
+@pytest.mark.checks("repeated_random_tokens")
 def test_repeated_random_tokens_structure():
     n, length, repeats = 6, 25, 4
     tokens = np.asarray(ex.repeated_random_tokens(n, length, repeats, d_vocab=256, seed=3))
@@ -39,6 +41,7 @@ def loop_stripe(pattern, length, after=1):
                               for i in range(1 + length, T)]) for h in range(H)])
 
 
+@pytest.mark.checks("induction_stripe")
 def test_stripe_against_a_loop():
     rng = np.random.default_rng(0)
     pattern = rng.random((3, 2, 31, 31))                 # any numbers: only the indexing matters
@@ -54,6 +57,7 @@ def test_stripe_against_a_loop():
                          "and over the batch")
 
 
+@pytest.mark.checks("induction_stripe")
 def test_the_hand_built_induction_head_sits_on_the_stripe():
     model = induction_model(d_vocab=32, n_ctx=64)
     length = 20

@@ -28,6 +28,7 @@ MODELS = {"the hand-built induction model": lambda: induction_model(d_vocab=32, 
                                                        initializer_range=0.5), seed=1)}
 
 
+@pytest.mark.checks("prefix_matching_score")
 @pytest.mark.parametrize("which", MODELS)
 def test_matches_the_library(which):
     model = MODELS[which]()
@@ -45,6 +46,7 @@ def test_matches_the_library(which):
                 hint="score = (sum over pairs of pattern[q, k]) / (number of queries)")
 
 
+@pytest.mark.checks("prefix_matching_score")
 def test_the_hand_built_head_scores_one():
     model = induction_model(d_vocab=32, n_ctx=64)
     tokens = repeated_random_tokens(5, 15, 4, None, 32, seed=2)

@@ -35,6 +35,7 @@ def mistaken(model, tokens, subtract_mean=True, relu=True):
     return np.stack(rows)
 
 
+@pytest.mark.checks("direct_logit_impact")
 def test_impact_shape_and_values():
     model = random_model()
     tokens = repeated_random_tokens(3, 12, 1, None, 50, seed=0)
@@ -50,6 +51,7 @@ def test_impact_shape_and_values():
                      "tokens[e, 1 + t], not of token id t")
 
 
+@pytest.mark.checks("copying_score")
 @pytest.mark.parametrize("which", ["random", "hand-built"])
 def test_matches_the_library(which):
     model = random_model() if which == "random" else induction_model(d_vocab=32, n_ctx=64)
@@ -65,6 +67,7 @@ def test_matches_the_library(which):
                 hint="NaN is expected only where a head writes nothing W_U reads (0 / 0)")
 
 
+@pytest.mark.checks("copying_score")
 def test_the_hand_built_induction_head_copies():
     model = induction_model(d_vocab=32, n_ctx=64)
     scores = ex.copying_score(model, repeated_random_tokens(4, 20, 1, None, 32, seed=1))

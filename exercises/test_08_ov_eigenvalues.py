@@ -15,6 +15,7 @@ def random_model():
                       attn_only=True, normalization_type=None), seed=5, dtype=np.float64)
 
 
+@pytest.mark.checks("full_ov_factors")
 def test_factors():
     model = random_model()
     A, B = ex.full_ov_factors(model, 1)
@@ -25,6 +26,7 @@ def test_factors():
     check_close("A @ B", A @ B, dense, "W_E W_V W_O W_U", rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.checks("nonzero_eigenvalues")
 def test_small_eigenvalues_are_the_dense_ones():
     rng = np.random.default_rng(0)
     A, B = rng.normal(size=(2, 30, 5)), rng.normal(size=(2, 5, 30))
@@ -42,6 +44,7 @@ def test_small_eigenvalues_are_the_dense_ones():
             fail("internal: the dense product should have only 5 non-zero eigenvalues")
 
 
+@pytest.mark.checks("eigenvalue_copying_score")
 def test_score_of_known_spectra():
     cases = {"all positive": (np.array([3.0, 1.0, 0.5]), 1.0),
              "all negative": (np.array([-2.0, -1.0, -0.1]), -1.0),
@@ -55,6 +58,7 @@ def test_score_of_known_spectra():
                     "sum(l).real / sum(|l|)", rtol=1e-9)
 
 
+@pytest.mark.checks("eigenvalue_copying_score")
 @pytest.mark.parametrize("which", ["random", "hand-built"])
 def test_matches_the_library(which):
     model = random_model() if which == "random" else induction_model(d_vocab=20, n_ctx=16)

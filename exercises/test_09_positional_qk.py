@@ -1,6 +1,7 @@
 """Exercise 09: the positional QK circuit against circuits.full_qk_circuit, its causal
 softmax, and the previous-token share (known on the hand-built previous-token head)."""
 import numpy as np
+import pytest
 
 from circuits import full_qk_circuit, induction_model
 from exercises.harness import check_close, check_shape, fail, load
@@ -14,6 +15,7 @@ def model_with_layernorm():
                       attn_only=True, normalization_type="LN"), seed=6, dtype=np.float64)
 
 
+@pytest.mark.checks("positional_qk_scores")
 def test_scores_match_the_library():
     model = model_with_layernorm()
     for layer in range(2):
@@ -30,6 +32,7 @@ def test_scores_match_the_library():
                               expected.transpose(0, 2, 1)})
 
 
+@pytest.mark.checks("positional_pattern")
 def test_causal_softmax():
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(2, 6, 6)) * 3
@@ -45,6 +48,7 @@ def test_causal_softmax():
                 rtol=1e-9, atol=1e-12)
 
 
+@pytest.mark.checks("previous_token_share")
 def test_previous_token_share():
     rng = np.random.default_rng(1)
     pattern = rng.random((2, 7, 7))
@@ -55,6 +59,7 @@ def test_previous_token_share():
                           np.diagonal(pattern, 0, axis1=-2, axis2=-1).mean(-1)})
 
 
+@pytest.mark.checks("previous_token_share")
 def test_the_hand_built_previous_token_head():
     model = induction_model(d_vocab=16, n_ctx=24)
     share = ex.previous_token_share(ex.positional_pattern(ex.positional_qk_scores(model, 0)))

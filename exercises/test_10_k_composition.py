@@ -1,6 +1,7 @@
 """Exercise 10: K-composition scores against circuits.composition_scores, and the
 previous-token QK trace against circuits.prev_token_qk_trace."""
 import numpy as np
+import pytest
 
 from circuits import composition_scores, induction_model, prev_token_qk_trace
 from exercises.harness import check_close, check_shape, fail, load
@@ -14,6 +15,7 @@ def random_model():
                       attn_only=True, normalization_type=None), seed=7, dtype=np.float64)
 
 
+@pytest.mark.checks("k_composition_scores")
 def test_k_composition_matches_the_library():
     model = random_model()
     library = composition_scores(model)
@@ -30,6 +32,7 @@ def test_k_composition_matches_the_library():
                               "rows are the later head b, columns the earlier head a": K.T})
 
 
+@pytest.mark.checks("prev_token_trace")
 def test_trace_matches_the_library():
     model = random_model()
     previous = np.random.default_rng(0).uniform(0, 1, (3, 2))
@@ -47,6 +50,7 @@ def test_trace_matches_the_library():
                     hint="divide the trace by the Frobenius norm of the whole V x V W")
 
 
+@pytest.mark.checks("prev_token_trace")
 def test_the_hand_built_induction_head_has_a_positive_trace():
     model = induction_model(d_vocab=16, n_ctx=24)
     trace, normalised = ex.prev_token_trace(model, 1, 0, np.array([[1.0], [0.0]]))

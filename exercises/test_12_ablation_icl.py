@@ -1,6 +1,7 @@
 """Exercise 12: the ICL score against circuits.icl_score, pattern-preserving ablations
 against circuits.ablation_losses, and the known answer of the hand-built circuit."""
 import numpy as np
+import pytest
 
 from circuits import ablation_losses, icl_score, induction_model, repeated_random_tokens
 from exercises.harness import check_close, fail, load
@@ -21,6 +22,7 @@ def off_by_one(losses, early, late, window):
     return around(late) - around(early)
 
 
+@pytest.mark.checks("icl_score")
 def test_icl_score_matches_the_library():
     losses = np.random.default_rng(0).uniform(0, 5, (5, 63))
     for early, late, window in [(6, 62, 1), (10, 40, 3), (1, 63, 2), (20, 30, 0)]:
@@ -33,6 +35,7 @@ def test_icl_score_matches_the_library():
                          "n_ctx-1) over every sequence; late minus early")
 
 
+@pytest.mark.checks("pattern_preserving_losses")
 def test_pattern_preserving_losses_match_the_library():
     model = random_model()
     tokens = np.random.default_rng(1).integers(0, 40, (4, 24))
@@ -46,6 +49,7 @@ def test_pattern_preserving_losses_match_the_library():
                               "(patterns=...) so only the values see the head's absence": full})
 
 
+@pytest.mark.checks("icl_change")
 def test_the_hand_built_circuit():
     """Ablating the induction head kills in-context learning. Ablating the previous-token
     head with patterns preserved does not: its only job was to shape head 1.0's pattern."""

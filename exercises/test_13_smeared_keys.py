@@ -17,6 +17,7 @@ def case(seed=0):
     return rng.normal(size=(2, 3, 5, 4)), rng.normal(size=3), rng.normal(size=(2, 3, 5, 4))
 
 
+@pytest.mark.checks("smear_keys")
 def test_forward_matches_the_engine():
     k, alpha, _ = case()
     smeared, _ = ex.smear_keys(k.copy(), alpha)
@@ -30,6 +31,7 @@ def test_forward_matches_the_engine():
                           smear_forward(k, -alpha)[0]})
 
 
+@pytest.mark.checks("smear_keys_backward")
 def test_backward_matches_finite_differences_and_the_engine():
     k, alpha, dout = case(1)
     _, cache = ex.smear_keys(k, alpha)
@@ -51,6 +53,7 @@ def best_prefix_matching(run):
     return prefix_matching_score(run.model(), token_counts=run.token_counts).max()
 
 
+@pytest.mark.checks("smear_keys_backward")
 def test_a_one_layer_smeared_model_forms_an_induction_head(tmp_path):
     tokens = 500_000 if FAST else 800_000
     run = ex.train_one_layer(tmp_path / "smeared", smeared=True, total_tokens=tokens)
@@ -61,6 +64,7 @@ def test_a_one_layer_smeared_model_forms_an_induction_head(tmp_path):
              f"tokens. Are the gradients right (the tests above), and is position 0 kept?")
 
 
+@pytest.mark.checks("smear_keys_backward")
 @pytest.mark.skipif(FAST, reason="EXERCISE_FAST: the 1-layer control's training is skipped")
 def test_the_one_layer_control_does_not(tmp_path):
     best = best_prefix_matching(ex.train_one_layer(tmp_path / "control", smeared=False))

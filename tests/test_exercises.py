@@ -3,12 +3,19 @@ generated from the reference solutions, every stub fails its tests with
 NotImplementedError (so each test exercises the student's code), and every reference
 solution passes its tests. The exercise tests run in a subprocess with EXERCISE_FAST=1
 (the reduced training budgets of exercises 4 and 13): about 40 s on 2 cores."""
+import ast
+import importlib
 import importlib.util
+import io
 import os
 import pathlib
+import re
 import subprocess
 import sys
+import tokenize
 import xml.etree.ElementTree as ElementTree
+
+import pytest
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 EXERCISES = ROOT / "exercises"
@@ -67,3 +74,70 @@ def test_every_solution_passes(tmp_path):
     code, output, cases = run_exercise_tests("solutions", tmp_path / "solutions.xml")
     failed = [name for name, outcome, _ in cases if outcome in ("failure", "error")]
     assert code == 0 and not failed, (f"reference solutions fail {failed}:\n{output[-4000:]}")
+
+
+def code_spans(text):
+    """The `code spans` of a hint, whitespace squeezed."""
+    return [" ".join(span.split()) for span in re.findall(r"`([^`]+)`", text)]
+
+
+def prose(source):
+    """What a reader of a module takes in as text: its docstrings and comments, whitespace
+    squeezed."""
+    tree = ast.parse(source)
+    docstrings = [ast.get_docstring(node) or "" for node in ast.walk(tree)
+                  if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef))]
+    comments = [token.string for token in tokenize.generate_tokens(io.StringIO(source).readline)
+                if token.type == tokenize.COMMENT]
+    return " ".join(" ".join(docstrings + comments).split())
+
+
+def test_every_marked_block_has_a_nudge_and_no_stub_shows_the_answer():
+    """Hints come in steps (exercises/hint.py): each block has at least a first one, a
+    nudge. The stub's text (its docstrings and comments, above all the one at the top)
+    shows neither what the later steps give away (their `code`) nor a line of the
+    reference code."""
+    tools = make_stubs()
+    for path in tools.solution_files():
+        text = prose((EXERCISES / path.name).read_text())
+        for block in tools.blocks(path.read_text(), str(path)):
+            where = f"{path.name}:{block.lineno}"
+            assert block.hints, f"{where}: a marked block without a hint (# Hint 1: ...)"
+            for span in (s for hint in block.hints[1:] for s in code_spans(hint)):
+                assert span not in text, f"{where}: the stub's text shows hint code {span!r}"
+            for line in block.code:
+                code = " ".join(line.split("#")[0].split())
+                assert len(code) < 20 or code not in text, f"{where}: the text shows {code!r}"
+
+
+def test_the_hint_command_gives_one_step_at_a_time(capsys):
+    hint = importlib.import_module("exercises.hint")
+    assert hint.main(["1"]) == 0
+    first = capsys.readouterr().out
+    assert "hint 1 of 2" in first and "--step 2" in first and "mean(dxhat * xhat)" not in first
+    hint.main(["1", "--step", "2"])
+    formula = "dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))"
+    assert formula in capsys.readouterr().out
+    hint.main(["1", "layernorm_backward", "--step", "3"])
+    assert "no hint 3" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        hint.main(["5", "no_such_function"])
+    assert "repeated_random_tokens, induction_stripe" in capsys.readouterr().err
+
+
+def test_every_exercise_test_checks_a_function_the_student_writes():
+    """The @pytest.mark.checks marks that choose what a notebook's check cell runs: every
+    test has one, naming a function with a marked block, and every such function has a test."""
+    from exercises.harness import checked_functions
+    tools = make_stubs()
+    for path in tools.solution_files():
+        written = set(tools.blocks_by_function(path.read_text(), str(path)))
+        tests = importlib.import_module(f"exercises.test_{path.name[2:]}".removesuffix(".py"))
+        checked = {name: checked_functions(test) for name, test in vars(tests).items()
+                   if name.startswith("test_") and callable(test)}
+        unmarked = [name for name, functions in checked.items() if not functions]
+        assert not unmarked, f"{tests.__name__}: {unmarked} carry no @pytest.mark.checks(...)"
+        unknown = {f for functions in checked.values() for f in functions} - written
+        assert not unknown, f"{tests.__name__} checks {unknown}: no function the student writes"
+        untested = written - {f for functions in checked.values() for f in functions}
+        assert not untested, f"{path.name}: no test checks {untested}"

@@ -1,24 +1,21 @@
 """Exercise 01: LayerNorm backward, checked against finite differences.
 
 Paper: "Model Details: Small models" (the paper's models are standard transformers, and
-LayerNorm sits before every attention layer and the unembedding). Before reverse-
-engineering heads, we make sure we can trust every gradient that trains them.
+LayerNorm sits before every attention layer and the unembedding). Before reverse-engineering
+heads, we make sure we can trust every gradient that trains them.
 
 What to compute: the backward pass of LayerNorm over the last axis,
+
     mean = x.mean(-1)   var = ((x - mean)^2).mean(-1)   rstd = (var + eps)^-1/2
     xhat = (x - mean) * rstd                            out = xhat * w + b
+
 given dout = dLoss/dout, return dx, dw, db.
 
 Shapes: dout (..., D), cache = (xhat (..., D), rstd (..., 1), w (D,))
         -> dx (..., D), dw (D,), db (D,)   (dw and db summed over every leading axis)
 
-Hint: write dxhat = dout * w first. Every x in a row moves the row's mean and its rstd,
-so dx is not just dxhat * rstd: it has a term from the mean and one from the variance,
-        dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))   (means over D).
-Derive it before you type it: start from xhat = (x - mean) * rstd and use
-d rstd / d x_k = -rstd^3 (x_k - mean) / D.
-
 Run: python -m exercises.ex01_layernorm_backward     Check: make exercise N=1
+Hints, one step at a time: python -m exercises.hint 1 (then --step 2)
 """
 import numpy as np
 
@@ -39,7 +36,14 @@ def layernorm_forward(x, w, b):
 def layernorm_backward(dout, cache):
     """dout (..., D) -> dx (..., D), dw (D,), db (D,)."""
     xhat, rstd, w = cache
-    # BEGIN SOLUTION: dx, dw, db from dout and the cache (see the hint at the top)
+    # BEGIN SOLUTION: dx, dw, db from dout and the cache
+    # Hint 1: dw and db first: `out = xhat * w + b`, summed over every leading axis (the
+    #   batch and the positions). For dx, write `dxhat = dout * w` first. Every x in a row
+    #   moves the row's mean and its rstd, so dx is not just `dxhat * rstd`: it has a term
+    #   from the mean and one from the variance. Derive them from `xhat = (x - mean) * rstd`
+    #   and `d rstd / d x_k = -rstd^3 (x_k - mean) / D`.
+    # Hint 2: `dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))`, each mean over
+    #   D with keepdims=True, so that it broadcasts along the row.
     leading = tuple(range(dout.ndim - 1))
     dw = (dout * xhat).sum(leading)
     db = dout.sum(leading)

@@ -19,13 +19,8 @@ Shapes: numerical_grad: f() -> array like dout, x any shape -> gradient shaped l
         model_cases() -> strategy of dicts: n_layers, attn_only, normalization_type,
         positional_embedding_type, smeared_key (ModelConfig fields) and seed.
 
-Hint: model.forward_train(tokens) -> (logits, cache) and model.backward(dlogits, cache)
--> grads run the engine without a loss, so a random dlogits tests every path (with
-dlogits = ones a softmax backward that returns zeros would pass). Perturb the arrays in
-model.params in place: the model reads them at each forward. Use float64 and h ~ 1e-6.
-For the strategy: st.fixed_dictionaries({...}) with st.sampled_from and st.booleans.
-
 Run: python -m exercises.ex03_model_gradient_check     Check: make exercise N=3
+Hints, one step at a time: python -m exercises.hint 3 (then --step 2)
 """
 import numpy as np
 from hypothesis import given, settings, strategies as st
@@ -36,6 +31,12 @@ from minitransformer import Model
 def numerical_grad(f, x, dout, h=1e-6):
     """d/dx of sum(f() * dout), x perturbed in place one entry at a time -> like x."""
     # BEGIN SOLUTION: central differences over every entry of x
+    # Hint 1: `flat = x.reshape(-1)` is a view of x (x is contiguous): writing `flat[i]`
+    #   moves x, and f() reads x. Evaluate `np.sum(f() * dout)` at x_i + h and at x_i - h,
+    #   then put the entry back.
+    # Hint 2: per entry i: `kept = flat[i]`; `flat[i] = kept + h` -> up; `flat[i] = kept - h`
+    #   -> down; `flat[i] = kept`; `grad_flat[i] = (up - down) / (2 h)`, where `grad_flat`
+    #   is a flat view of `grad = np.zeros_like(x)`.
     grad = np.zeros_like(x)
     flat, grad_flat = x.reshape(-1), grad.reshape(-1)      # views: writing flat moves x
     for i in range(flat.size):
@@ -47,32 +48,6 @@ def numerical_grad(f, x, dout, h=1e-6):
         flat[i] = kept
         grad_flat[i] = (up - down) / (2 * h)
     return grad
-    # END SOLUTION
-
-
-def gradient_errors(model, tokens, dlogits):
-    """{param name: max|analytic - numeric| / max(max|numeric|, 1e-2)} for every parameter."""
-    # BEGIN SOLUTION: the backward's gradient and numerical_grad's, per parameter
-    grads = model.backward(dlogits, model.forward_train(tokens)[1])
-    errors = {}
-    for name, param in model.params.items():
-        numeric = numerical_grad(lambda: model.forward_train(tokens)[0], param, dlogits)
-        scale = max(np.abs(numeric).max(), 1e-2)   # b_K's gradient is 0: softmax ignores it
-        errors[name] = float(np.abs(grads[name] - numeric).max() / scale)
-    return errors
-    # END SOLUTION
-
-
-def model_cases():
-    """A hypothesis strategy of small model configurations (and a seed)."""
-    # BEGIN SOLUTION: st.fixed_dictionaries over the five config fields and a seed
-    return st.fixed_dictionaries({
-        "n_layers": st.sampled_from([1, 2]),
-        "attn_only": st.booleans(),
-        "normalization_type": st.sampled_from(["LN", None]),
-        "positional_embedding_type": st.sampled_from(["shortformer", "standard", "none"]),
-        "smeared_key": st.booleans(),
-        "seed": st.integers(0, 2**31 - 1)})
     # END SOLUTION
 
 
@@ -90,6 +65,26 @@ def tiny_model(case):
     return model
 
 
+def gradient_errors(model, tokens, dlogits):
+    """{param name: max|analytic - numeric| / max(max|numeric|, 1e-2)} for every parameter."""
+    # BEGIN SOLUTION: the backward's gradient and numerical_grad's, per parameter
+    # Hint 1: `model.forward_train(tokens)` -> (logits, cache) and `model.backward(dlogits,
+    #   cache)` -> grads (keyed like model.params) run the engine without a loss, so a random
+    #   dlogits tests every path. The model reads its arrays in model.params at each
+    #   forward: numerical_grad can perturb them in place.
+    # Hint 2: `grads = model.backward(dlogits, model.forward_train(tokens)[1])`; then for each
+    #   `name, param` of model.params, `numeric = numerical_grad(lambda:
+    #   model.forward_train(tokens)[0], param, dlogits)` and the error of the formula above.
+    grads = model.backward(dlogits, model.forward_train(tokens)[1])
+    errors = {}
+    for name, param in model.params.items():
+        numeric = numerical_grad(lambda: model.forward_train(tokens)[0], param, dlogits)
+        scale = max(np.abs(numeric).max(), 1e-2)   # b_K's gradient is 0: softmax ignores it
+        errors[name] = float(np.abs(grads[name] - numeric).max() / scale)
+    return errors
+    # END SOLUTION
+
+
 def check_case(case, tolerance=1e-5):
     """Build the drawn model, check its gradient -> {name: error} (given)."""
     model = tiny_model(case)
@@ -100,6 +95,24 @@ def check_case(case, tolerance=1e-5):
     worst = max(errors, key=errors.get)
     assert errors[worst] < tolerance, f"{case}: d{worst} is off by {errors[worst]:.1e}"
     return errors
+
+
+def model_cases():
+    """A hypothesis strategy of small model configurations (and a seed)."""
+    # BEGIN SOLUTION: st.fixed_dictionaries over the five config fields and a seed
+    # Hint 1: `st.fixed_dictionaries({key: strategy, ...})` draws a dict with one value per
+    #   key; `st.sampled_from([...])` picks one of a list, `st.booleans()` True or False.
+    # Hint 2: n_layers from [1, 2], normalization_type from ["LN", None],
+    #   positional_embedding_type from ["shortformer", "standard", "none"], booleans for
+    #   attn_only and smeared_key, and `st.integers(0, 2**31 - 1)` for the seed.
+    return st.fixed_dictionaries({
+        "n_layers": st.sampled_from([1, 2]),
+        "attn_only": st.booleans(),
+        "normalization_type": st.sampled_from(["LN", None]),
+        "positional_embedding_type": st.sampled_from(["shortformer", "standard", "none"]),
+        "smeared_key": st.booleans(),
+        "seed": st.integers(0, 2**31 - 1)})
+    # END SOLUTION
 
 
 if __name__ == "__main__":

@@ -15,17 +15,15 @@ What to compute:
 Shapes: train(model_config, ...) -> (Model, list of float losses, one per step).
         copy_losses: tokens (N, 1 + 2 length) int -> (first float, second float).
 
-Hint: the pieces are minitransformer.data.random_crops(stream, batch, n_ctx, rng),
+The pieces: minitransformer.data.random_crops(stream, batch, n_ctx, rng),
 model.loss_and_grads(tokens) -> (loss, grads), minitransformer.clip_grad_norm(grads,
 max_norm), minitransformer.learning_rate(step, base_lr, warmup_steps),
-AdamW.step(params, grads, lr). Use the rng made for you and no other randomness: the test
+AdamW.step(params, grads, lr), and model.per_token_loss(tokens), (N, T-1): entry i is the
+loss of predicting token i+1. Use the rng made for you and no other randomness: the test
 compares your weights after a few steps with minitransformer.train's, bit for bit.
-model.per_token_loss(tokens) is (N, T-1): entry i is the loss of predicting token i+1.
-The first copy is tokens 1..length; its first token cannot be predicted, nor can the
-second copy's first token (nothing before says the segment restarts): leave both out,
-so first = losses[:, 1:length] and second = losses[:, length + 1:].
 
 Run: python -m exercises.ex04_train_induction (about 1-2 minutes)   Check: make exercise N=4
+Hints, one step at a time: python -m exercises.hint 4 (then --step 2)
 """
 import math
 import time
@@ -50,6 +48,13 @@ def train(model_config, total_tokens=800_000, batch_size=16, lr=5e-3, warmup_ste
     n_steps = math.ceil(total_tokens / (batch_size * model.config.n_ctx))
     losses = []
     # BEGIN SOLUTION: the loop: crops, loss_and_grads, frozen W_pos, clip, AdamW step
+    # Hint 1: one batch per step, cropped from corpus.train with the rng above; the step
+    #   number (from 0) sets the warmup learning rate. A frozen W_pos is
+    #   `not model.config.pos_trainable`: its gradient must not reach the optimizer.
+    # Hint 2: per step: `tokens = random_crops(corpus.train, batch_size, n_ctx, rng)`;
+    #   `loss, grads = model.loss_and_grads(tokens)`; drop `grads["pos_embed.W_pos"]` if
+    #   frozen; `clip_grad_norm(grads, grad_clip)`; `optimizer.step(model.params, grads,
+    #   learning_rate(step, lr, warmup_steps))`; append the loss.
     for step in range(n_steps):
         tokens = random_crops(corpus.train, batch_size, model.config.n_ctx, rng)
         loss, grads = model.loss_and_grads(tokens)
@@ -65,7 +70,12 @@ def train(model_config, total_tokens=800_000, batch_size=16, lr=5e-3, warmup_ste
 def copy_losses(model, tokens, length):
     """BOS + segment + segment (N, 1 + 2 length) -> (mean loss on the first copy, on the
     second copy), the unpredictable first token of each copy left out."""
-    # BEGIN SOLUTION: per_token_loss, then the two slices of the hint
+    # BEGIN SOLUTION: per_token_loss, then the two copies' means
+    # Hint 1: the first copy is tokens 1..length. Its first token cannot be predicted (BOS
+    #   says nothing), nor can the second copy's first token (nothing before says the
+    #   segment restarts): leave both out.
+    # Hint 2: with `losses = model.per_token_loss(tokens)`, first = `losses[:, 1:length]`
+    #   and second = `losses[:, length + 1:]`, each averaged (as a float).
     losses = model.per_token_loss(tokens)                # (N, 2 length)
     return float(losses[:, 1:length].mean()), float(losses[:, length + 1:].mean())
     # END SOLUTION

@@ -19,14 +19,11 @@ What to compute:
 Shapes: repeated_random_tokens -> (n, 1 + length * repeats) int64.
         induction_stripe: pattern (N, H, T, T) -> (H,) in [0, 1].
 
-Hint: rng = np.random.default_rng(seed); rng.choice(..., replace=False) draws distinct
-tokens; np.tile repeats along an axis. For the stripe, np.diagonal(pattern, offset,
-axis1=-2, axis2=-1) returns diagonal `offset` (negative: below the main one) of every
-(T, T) matrix: its k-th entry is pattern[..., k - offset, k], query k - offset.
+The first run of exercises 05-12 trains the 2-layer tiny-induction model (~1 minute); it
+is kept in exercises/_output/runs for the others.
 
 Run: python -m exercises.ex05_induction_stripe    Check: make exercise N=5
-(the first run of exercises 05-12 trains the 2-layer tiny-induction model, ~1 minute; it
-is kept in exercises/_output/runs for the others)
+Hints, one step at a time: python -m exercises.hint 5 (then --step 2)
 """
 import numpy as np
 
@@ -38,6 +35,11 @@ BOS = 0
 def repeated_random_tokens(n, length, repeats, d_vocab=256, seed=0):
     """-> (n, 1 + length * repeats) int64: BOS, then `repeats` copies of a random segment."""
     # BEGIN SOLUTION: draw n segments of distinct tokens, tile them, put BOS in front
+    # Hint 1: `rng = np.random.default_rng(seed)`; `rng.choice(values, length,
+    #   replace=False)` draws distinct values, one segment per row; `np.tile` repeats an
+    #   array along an axis.
+    # Hint 2: stack n draws from `np.arange(1, d_vocab)` into (n, length), `np.tile(segments,
+    #   (1, repeats))`, then `np.concatenate` a column of BOS in front, as int64.
     rng = np.random.default_rng(seed)
     segments = np.stack([rng.choice(np.arange(1, d_vocab), length, replace=False)
                          for _ in range(n)])                        # (n, length)
@@ -48,7 +50,12 @@ def repeated_random_tokens(n, length, repeats, d_vocab=256, seed=0):
 
 def induction_stripe(pattern, length):
     """pattern (N, H, T, T) -> (H,): mean attention from i to i - length + 1, i >= 1 + length."""
-    # BEGIN SOLUTION: the diagonal at offset -(length - 1), from query 1 + length on
+    # BEGIN SOLUTION: one diagonal of each pattern, from query 1 + length on
+    # Hint 1: the stripe is a diagonal. `np.diagonal(pattern, offset, axis1=-2, axis2=-1)`
+    #   returns diagonal `offset` (negative: below the main one) of every (T, T) matrix; its
+    #   k-th entry is `pattern[..., k - offset, k]`, query k - offset.
+    # Hint 2: the offset is `-(length - 1)`, so entry k is query k + length - 1, and the
+    #   queries from 1 + length on are the entries k >= 2: mean over the batch and those.
     stripe = np.diagonal(pattern, -(length - 1), axis1=-2, axis2=-1)  # (N, H, T - length + 1)
     # the k-th entry is query k + length - 1; queries from 1 + length on are k >= 2
     return stripe[..., 2:].mean(axis=(0, 2))

@@ -19,12 +19,11 @@ a head is pattern[q, k] summed over m, averaged over q (all r >= 1, all j) and e
 Shapes: tokens (N, 1 + length repeats) from repeated_random_tokens -> scores
 (n_layers, n_heads), one per head.
 
-Hint: model.run_with_cache(tokens) -> (logits, cache); cache[f"blocks.{l}.attn.hook_pattern"]
-is (N, H, T, T), [example, head, query, key]. Build two index arrays, queries and keys,
-one entry per (r, j, m) triple; then pattern[:, :, queries, keys] is (N, H, pairs).
-Divide the sum by the number of queries, not of pairs.
+model.run_with_cache(tokens) -> (logits, cache); cache[f"blocks.{l}.attn.hook_pattern"] is
+(N, H, T, T), [example, head, query, key].
 
 Run: python -m exercises.ex06_prefix_matching    Check: make exercise N=6
+Hints, one step at a time: python -m exercises.hint 6 (then --step 2)
 """
 import numpy as np
 
@@ -35,6 +34,11 @@ from exercises import common
 def prefix_matching_score(model, tokens, length, repeats):
     """tokens (N, 1 + length * repeats) -> (n_layers, n_heads)."""
     # BEGIN SOLUTION: the (query, key) pairs, then the summed attention per head
+    # Hint 1: build two index arrays, queries and keys, one entry per (r, j, m) triple
+    #   (three nested loops will do); then `pattern[:, :, queries, keys]` is (N, H, pairs).
+    # Hint 2: sum that over the pairs, average over the examples, and divide by the number
+    #   of queries, `(repeats - 1) * length`, not by the number of pairs: a token of copy r
+    #   has r earlier occurrences, and its attention to all of them counts.
     queries, keys = [], []
     for r in range(1, repeats):
         for j in range(length):

@@ -12,22 +12,24 @@ What to compute, for a model without LayerNorm (as ours), on BOS + n distinct ra
      for keys j >= 1 (BOS is no sample token).
   2. copying_score: mean-subtract the impact over the n tokens t and ReLU it: the raise
      r[e, h, j, t]. Weight each key by how much attention it gets, w_j = sum_i pattern[i, j]
-     over all queries i. Then
-        A = sum_j w_j r[j, t = j]                            raise on the attended token
-        O = sum_j w_j (sum_t r[j, t] - r[j, t = j]) / (n - 1)  raise on an average other
-        score = (A - O) / (A + O)     in [-1, 1]: 1 copies, 0 no preference
-     per example, then the mean over examples. A head that writes nothing W_U reads gets
+     over all queries i. Then, per example,
+
+         A = sum_j w_j r[j, t = j]                              raise on the attended token
+         O = sum_j w_j (sum_t r[j, t] - r[j, t = j]) / (n - 1)  raise on an average other
+         score = (A - O) / (A + O)     in [-1, 1]: 1 copies, 0 no preference
+
+     and then the mean over examples. A head that writes nothing W_U reads gets
      0 / 0 = NaN: that is the right answer, leave it.
 
 Shapes: tokens (N, 1 + n). direct_logit_impact(model, cache, layer, tokens) ->
         (N, H, n, n) [example, head, key j - 1, sample token t].
         copying_score(model, tokens) -> (n_layers, n_heads).
 
-Hint: cache[f"blocks.{l}.attn.hook_v"] is (N, T, H, E); model.params["blocks.{l}.attn.W_O"]
-is (H, E, D), "unembed.W_U" (D, V). W_U[:, tokens[:, 1:]] is (D, N, n). np.einsum does
-every step; np.diagonal(r, axis1=-2, axis2=-1) picks r[..., j, t = j].
+cache[f"blocks.{l}.attn.hook_v"] is (N, T, H, E); model.params["blocks.{l}.attn.W_O"] is
+(H, E, D), "unembed.W_U" (D, V).
 
 Run: python -m exercises.ex07_copying_score    Check: make exercise N=7
+Hints, one step at a time: python -m exercises.hint 7 (then --step 2)
 """
 import numpy as np
 
@@ -38,6 +40,10 @@ from exercises import common
 def direct_logit_impact(model, cache, layer, tokens):
     """-> (N, H, n, n): head output from key j >= 1, read by W_U at the n sample tokens."""
     # BEGIN SOLUTION: o_j = v_j W_O, then W_U's columns of the sample tokens
+    # Hint 1: drop BOS first: `v[:, 1:]` are the keys j >= 1. `W_U[:, tokens[:, 1:]]` is
+    #   (D, N, n): for each example, the unembedding columns of its own sample tokens.
+    # Hint 2: two einsums: `"njhe,hed->njhd"` (v times W_O, per head) and then
+    #   `"njhd,dnt->nhjt"` with those W_U columns. Cast to float64 first.
     v = cache[f"blocks.{layer}.attn.hook_v"][:, 1:].astype(np.float64)     # (N, n, H, E)
     W_O = np.asarray(model.params[f"blocks.{layer}.attn.W_O"], dtype=np.float64)
     out = np.einsum("njhe,hed->njhd", v, W_O)                              # (N, n, H, D)
@@ -56,6 +62,11 @@ def copying_score(model, tokens):
         impact = direct_logit_impact(model, cache, layer, tokens)          # (N, H, n, n)
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"].astype(np.float64)
         # BEGIN SOLUTION: raise r, key weights w, then A, O and the score
+        # Hint 1: mean-subtract over the last axis (t) before the ReLU (`np.maximum(..., 0)`).
+        #   w_j is the pattern summed over its query axis, keys from 1 on.
+        # Hint 2: `np.diagonal(r, axis1=-2, axis2=-1)` is r[..., j, t = j] (N, H, n); A sums
+        #   `w * diagonal`, O sums `w * (r.sum(-1) - diagonal)` over j and divides by n - 1.
+        #   Wrap the division in `np.errstate(invalid="ignore", divide="ignore")`.
         raised = np.maximum(impact - impact.mean(-1, keepdims=True), 0.0)
         weight = pattern.sum(2)[:, :, 1:]                                  # (N, H, n)
         on_attended = np.diagonal(raised, axis1=-2, axis2=-1)              # (N, H, n)

@@ -15,15 +15,12 @@ What to compute, for a model without LayerNorm:
 Shapes: full_ov_factors -> A (H, V, E), B (H, E, V). nonzero_eigenvalues -> (H, E) complex.
         eigenvalue_copying_score: (..., E) -> (...) float.
 
-Why BA suffices (answer this before you look at the test): if A B v = l v with l != 0, then
-B A (B v) = B (A B v) = l (B v), and B v != 0 (else A B v = 0 = l v), so l is an eigenvalue
-of B A too; the same argument run backwards shows the converse. AB has rank <= E, so its
-other V - E eigenvalues are 0, which add nothing to either sum. A 256 x 256 eigenproblem
-becomes a 64 x 64 one; for a real model's 50k-token vocabulary, 50k x 50k becomes 128 x 128.
-
-Hint: np.linalg.eigvals works on a stack (..., E, E). params are float32: cast to float64.
+Why do the eigenvalues of BA suffice? Answer it before you write nonzero_eigenvalues (its
+hints hold the argument). A 256 x 256 eigenproblem becomes a 64 x 64 one; for a real
+model's 50k-token vocabulary, 50k x 50k becomes 128 x 128.
 
 Run: python -m exercises.ex08_ov_eigenvalues    Check: make exercise N=8
+Hints, one step at a time: python -m exercises.hint 8 (then --step 2)
 """
 import time
 
@@ -36,6 +33,9 @@ def full_ov_factors(model, layer):
     """-> A = W_E W_V (H, V, E), B = W_O W_U (H, E, V), float64."""
     p = {k: np.asarray(v, dtype=np.float64) for k, v in model.params.items()}
     # BEGIN SOLUTION: A and B from the embedding, W_V, W_O and the unembedding
+    # Hint 1: `@` broadcasts over the leading head axis: (V, D) @ (H, D, E) is (H, V, E).
+    # Hint 2: with `a = f"blocks.{layer}.attn."`, A is `p["embed.W_E"] @ p[a + "W_V"]` and B
+    #   is `p[a + "W_O"] @ p["unembed.W_U"]`.
     a = f"blocks.{layer}.attn."
     return p["embed.W_E"] @ p[a + "W_V"], p[a + "W_O"] @ p["unembed.W_U"]
     # END SOLUTION
@@ -44,6 +44,13 @@ def full_ov_factors(model, layer):
 def nonzero_eigenvalues(A, B):
     """A (..., V, E), B (..., E, V) -> the E eigenvalues of B A (..., E), complex."""
     # BEGIN SOLUTION: the eigenvalues of the small product
+    # Hint 1: if `A B v = l v` with l != 0, what is `B A (B v)`? Can `B v` be 0? And how
+    #   many non-zero eigenvalues can AB (rank <= E) have? `np.linalg.eigvals` works on a
+    #   stack (..., E, E).
+    # Hint 2: `B A (B v) = B (A B v) = l (B v)`, and `B v != 0` (else `A B v = 0 = l v`), so
+    #   l is an eigenvalue of B A too; the argument run backwards gives the converse. AB's
+    #   other V - E eigenvalues are 0 and add nothing to either sum of the score. So:
+    #   `np.linalg.eigvals(B @ A)`.
     return np.linalg.eigvals(B @ A)
     # END SOLUTION
 
@@ -51,6 +58,8 @@ def nonzero_eigenvalues(A, B):
 def eigenvalue_copying_score(eigenvalues):
     """(..., E) complex -> (...): sum(l).real / sum(|l|)."""
     # BEGIN SOLUTION: the ratio, real part
+    # Hint 1: sum over the last axis; a complex sum has a real part (`.real`), `np.abs` of
+    #   a complex number is its modulus.
     with np.errstate(invalid="ignore"):          # a zero circuit: 0 / 0 = NaN, no warning
         return eigenvalues.sum(-1).real / np.abs(eigenvalues).sum(-1)
     # END SOLUTION

@@ -4,9 +4,9 @@ Paper: Argument 5, "Summary of Reverse Engineering Induction Heads" (an inductio
 needs "an earlier previous token head"), and method "(3) Head activation evaluators:
 Previous token" (mean attention from each token to the one before it). Where does a
 previous-token head's habit come from? In our models, from positions alone: with
-Shortformer positions the query and key inputs are token + W_pos, and the position-
-position term of the score, W_pos W_Q W_K^T W_pos^T, can by itself point every query i at
-key i - 1.
+Shortformer positions the query and key inputs are token + W_pos, and the
+position-position term of the score, W_pos W_Q W_K^T W_pos^T, can by itself point every
+query i at key i - 1.
 
 What to compute:
   1. positional_qk_scores(model, layer): per head, the (P, P) position-position part of
@@ -18,12 +18,10 @@ What to compute:
 Shapes: positional_qk_scores -> (H, P, P) [head, query position, key position];
         positional_pattern (H, P, P) -> (H, P, P); previous_token_share -> (H,).
 
-Hint: W_pos is model.params["pos_embed.W_pos"] (P, D); W_Q, W_K are (H, D, E). Keep the
-(P, P) product small by computing W_pos W_Q (H, P, E) and W_pos W_K first. Mask with -inf
-above the diagonal (np.triu(..., k=1)) before the softmax; subtract each row's max.
-np.diagonal(pattern, -1, axis1=-2, axis2=-1) is the i -> i - 1 diagonal.
+W_pos is model.params["pos_embed.W_pos"] (P, D); W_Q, W_K are (H, D, E).
 
 Run: python -m exercises.ex09_positional_qk    Check: make exercise N=9
+Hints, one step at a time: python -m exercises.hint 9 (then --step 2)
 """
 import numpy as np
 
@@ -35,6 +33,10 @@ def positional_qk_scores(model, layer):
     """-> (H, P, P): W_pos W_Q W_K^T W_pos^T / sqrt(E) for each head of `layer`."""
     p = {k: np.asarray(v, dtype=np.float64) for k, v in model.params.items()}
     # BEGIN SOLUTION: queries and keys from the positions alone, then their dot products
+    # Hint 1: keep the (P, P) product small: compute W_pos W_Q (H, P, E) and W_pos W_K
+    #   first, never a (D, D) or (H, P, D) intermediate.
+    # Hint 2: `np.einsum("pd,hde->hpe", W_pos, W_Q)` for the queries, the same for the keys,
+    #   then `queries @ keys.transpose(0, 2, 1) / np.sqrt(d_head)`.
     W_pos, a = p["pos_embed.W_pos"], f"blocks.{layer}.attn."
     queries = np.einsum("pd,hde->hpe", W_pos, p[a + "W_Q"])               # (H, P, E)
     keys = np.einsum("pd,hde->hpe", W_pos, p[a + "W_K"])                  # (H, P, E)
@@ -45,6 +47,9 @@ def positional_qk_scores(model, layer):
 def positional_pattern(scores):
     """(H, P, P) scores -> (H, P, P) causal softmax over keys."""
     # BEGIN SOLUTION: mask the future, softmax each row
+    # Hint 1: add -inf above the diagonal (`np.triu(np.full((P, P), -np.inf), k=1)`), then
+    #   a softmax over the last axis; subtract each row's max first, so that exp cannot
+    #   overflow.
     P = scores.shape[-1]
     masked = scores + np.triu(np.full((P, P), -np.inf), k=1)
     masked = masked - masked.max(-1, keepdims=True)
@@ -56,6 +61,8 @@ def positional_pattern(scores):
 def previous_token_share(pattern):
     """(H, P, P) -> (H,): mean over i >= 1 of pattern[h, i, i - 1]."""
     # BEGIN SOLUTION: the mean of the first sub-diagonal
+    # Hint 1: the i -> i - 1 entries form a diagonal: `np.diagonal(pattern, offset,
+    #   axis1=-2, axis2=-1)`, with a negative offset below the main one.
     return np.diagonal(pattern, -1, axis1=-2, axis2=-1).mean(-1)
     # END SOLUTION
 

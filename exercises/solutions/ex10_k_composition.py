@@ -9,11 +9,15 @@ eigenvalues" (the trace of that W, weighted by how previous-token-like each earl
 What to compute (model without LayerNorm; row vectors, x @ W):
   1. k_composition_scores(model, later, earlier): for head b of layer `later` and head a
      of layer `earlier`, with W_OV^a = W_V^a W_O^a and W_QK^b = W_Q^b W_K^b^T (D, D):
-        ||W_OV^a (W_QK^b)^T||_F / (||W_OV^a||_F ||W_QK^b||_F)
+
+         ||W_OV^a (W_QK^b)^T||_F / (||W_OV^a||_F ||W_QK^b||_F)
+
      How much of what a writes does b's key side read? (Random matrices: ~1/sqrt(D).)
   2. prev_token_trace(model, layer, head, previous_token_scores): the query token t meets
      a key whose previous token was t' through
-        W[t, t'] = sum_k p_k  W_E[t] W_Q W_K^T (W_OV^k)^T W_E[t']^T      (V, V)
+
+         W[t, t'] = sum_k p_k  W_E[t] W_Q W_K^T (W_OV^k)^T W_E[t']^T      (V, V)
+
      over the heads k of earlier layers, p = previous_token_scores (L, H). Return its
      trace and trace / ||W||_F. A positive trace: the head prefers keys whose previous
      token equals the present token, which is prefix matching.
@@ -21,13 +25,13 @@ What to compute (model without LayerNorm; row vectors, x @ W):
 Shapes: k_composition_scores -> (H later heads, H earlier heads).
         prev_token_trace -> (trace float, normalised float).
 
-Hint: the key of head b at position j reads x_j; head a added (attention) x_{j-1} W_OV^a
-to it, so b's score gains x_i W_QK^b (x_{j-1} W_OV^a)^T = x_i W_QK^b W_OV^a^T x_{j-1}^T:
-that is where the transposes come from. np.linalg.norm(M, axis=(-2, -1)) is the
-Frobenius norm of a stack. For the trace, never form the V x V matrix: trace(X Y) =
-sum(X * Y^T) for X (V, E), Y (E, V).
+Where the transposes come from: the key of head b at position j reads x_j; head a added
+(attention) x_{j-1} W_OV^a to it, so b's score gains
+
+    x_i W_QK^b (x_{j-1} W_OV^a)^T = x_i W_QK^b W_OV^a^T x_{j-1}^T.
 
 Run: python -m exercises.ex10_k_composition    Check: make exercise N=10
+Hints, one step at a time: python -m exercises.hint 10 (then --step 2)
 """
 import numpy as np
 
@@ -54,6 +58,11 @@ def qk_matrices(model, layer):
 def k_composition_scores(model, later, earlier):
     """-> (H, H) [later head b, earlier head a]."""
     # BEGIN SOLUTION: ||W_OV^a (W_QK^b)^T|| over the product of the norms, every pair
+    # Hint 1: `np.linalg.norm(M, axis=(-2, -1))` is the Frobenius norm of each matrix of a
+    #   stack. Broadcasting forms every pair at once: `ov[None]` is (1, a, D, D),
+    #   `qk[:, None]` (b, 1, D, D).
+    # Hint 2: `product = ov[None] @ qk.transpose(0, 2, 1)[:, None]` is (b, a, D, D); divide
+    #   its norms by `norm(qk)[:, None] * norm(ov)[None, :]`.
     ov, qk = ov_matrices(model, earlier), qk_matrices(model, later)       # (H, D, D) each
     product = ov[None] @ qk.transpose(0, 2, 1)[:, None]                   # (b, a, D, D)
     norm = lambda m: np.linalg.norm(m, axis=(-2, -1))
@@ -65,7 +74,12 @@ def prev_token_trace(model, layer, head, previous_token_scores):
     """-> (trace of W, trace / ||W||_F) for head `head` of `layer` >= 1."""
     p = _params(model)
     W_E, a = p["embed.W_E"], f"blocks.{layer}.attn."
-    # BEGIN SOLUTION: S = sum_k p_k W_OV^k^T, then W = (W_E W_Q) (W_K^T S W_E^T)
+    # BEGIN SOLUTION: the trace of W and its norm, never forming W for the trace
+    # Hint 1: sum the earlier heads first: `S = sum_k p_k (W_OV^k)^T` (D, D), over every
+    #   head k of layers 0 .. layer - 1. Then W is a (V, E) factor times an (E, V) one:
+    #   `(W_E W_Q) (W_K^T S W_E^T)` with this head's W_Q and W_K.
+    # Hint 2: for X (V, E) and Y (E, V), `trace(X Y) = sum(X * Y^T)`: no V x V matrix. The
+    #   norm does need the product: `np.linalg.norm(X @ Y)`.
     shifted = sum(np.einsum("h,hde->ed", previous_token_scores[k], ov_matrices(model, k))
                   for k in range(layer))                                 # (D, D)
     left = W_E @ p[a + "W_Q"][head]                                       # (V, E)

@@ -8,10 +8,12 @@ If you can write the weights yourself, you understand the circuit.
 What to build: a 2-layer attention-only model (one head per layer, no LayerNorm, Shortformer
 positions: W_pos is added to the query and key inputs only) whose residual stream has four
 one-hot subspaces, each a block of coordinates:
+
     TOKEN [0, V)          the present token          written by W_E         (given)
     POS   [V, V + P)      the position               added by W_pos          (given)
     PREV  [V + P, 2V + P) the previous token         written by head 0.0     (yours)
     OUT   [2V + P, 3V + P) the predicted next token  written by head 1.0, read by W_U (given)
+
 Head 0.0 (previous-token head): the query at position i must score key i - 1 highest (a
 score of `big` against 0); it copies the key's TOKEN into PREV.
 Head 1.0 (induction head): the query's TOKEN must match the key's PREV (score `big` when
@@ -20,14 +22,11 @@ equal); it copies the key's TOKEN into OUT, where W_U turns it into a logit.
 Shapes: W_Q, W_K, W_V of a head are (D, E), W_O (E, D); here D = 3V + P and d_head
 E = max(V, P), so a head's E coordinates can index a token or a position.
 
-Hint: the score is (x_i W_Q) . (x_j W_K) / sqrt(E). To make it `big` exactly when key j is
-query i's previous position, send query position i to head coordinate i and key position
-j to coordinate j + 1: W_Q[POS + i, i] = big, W_K[POS + j, j + 1] = 1. Matching TOKEN with
-PREV works the same way, coordinate t for token t. The OV circuits are copies: W_V takes
-TOKEN + t to coordinate t, W_O takes coordinate t to PREV + t (head 0.0) or OUT + t (1.0).
-Afterwards compare with circuits.handmade.induction_model, which builds the same circuit.
+The score is (x_i W_Q) . (x_j W_K) / sqrt(E), and `big` is given. Afterwards compare
+with circuits.handmade.induction_model, which builds the same circuit.
 
 Run: python -m exercises.ex11_handmade_induction    Check: make exercise N=11
+Hints, one step at a time: python -m exercises.hint 11 (then --step 2)
 """
 import numpy as np
 
@@ -36,6 +35,13 @@ from exercises import common
 from minitransformer import Model
 from minitransformer.config import ModelConfig
 from minitransformer.params import param_shapes
+
+
+def second_copy_accuracy(model, tokens, length):
+    """How often the argmax prediction is right, on the first and the second copy (given)."""
+    predictions = model.forward(tokens).argmax(-1)[:, :-1]          # (N, T-1): for token i+1
+    right = predictions == tokens[:, 1:]
+    return float(right[:, 1:length].mean()), float(right[:, length + 1:].mean())
 
 
 def build_induction_model(d_vocab=32, n_ctx=64, sharpness=20.0, logit_scale=10.0):
@@ -55,6 +61,12 @@ def build_induction_model(d_vocab=32, n_ctx=64, sharpness=20.0, logit_scale=10.0
     W_Q1, W_K1, W_V1, W_O1 = (p[f"blocks.1.attn.{n}"][0] for n in ("W_Q", "W_K", "W_V", "W_O"))
     # (views: writing W_Q0[...] sets the model's weights)
     # BEGIN SOLUTION: head 0.0, the previous-token head (QK on POS, OV from TOKEN to PREV)
+    # Hint 1: a head's E coordinates are a meeting place: the score is big exactly when the
+    #   query and the key land on the same coordinate. Send query position i to coordinate
+    #   i, and key position j to the coordinate of the query that should pick it. The OV
+    #   circuit is a copy: W_V takes TOKEN + t to coordinate t, W_O takes coordinate t on.
+    # Hint 2: `W_Q0[POS + i, i] = big` and `W_K0[POS + j, j + 1] = 1` (for j + 1 < P);
+    #   `W_V0[TOKEN + t, t] = 1` and `W_O0[t, PREV + t] = 1`.
     for i in positions:
         W_Q0[POS + i, i] = big                   # query position i -> coordinate i
         if i + 1 < P:
@@ -64,6 +76,10 @@ def build_induction_model(d_vocab=32, n_ctx=64, sharpness=20.0, logit_scale=10.0
         W_O0[t, PREV + t] = 1.0
     # END SOLUTION
     # BEGIN SOLUTION: head 1.0, the induction head (QK TOKEN against PREV, OV from TOKEN to OUT)
+    # Hint 1: the same meeting place, coordinate t for token t: the query reads its TOKEN,
+    #   the key its PREV. The OV circuit copies the key's own TOKEN, now to OUT.
+    # Hint 2: `W_Q1[TOKEN + t, t] = big`, `W_K1[PREV + t, t] = 1`, `W_V1[TOKEN + t, t] = 1`,
+    #   `W_O1[t, OUT + t] = 1`.
     for t in tokens:
         W_Q1[TOKEN + t, t] = big                 # the present token t...
         W_K1[PREV + t, t] = 1.0                  # ...meets keys whose previous token was t
@@ -71,13 +87,6 @@ def build_induction_model(d_vocab=32, n_ctx=64, sharpness=20.0, logit_scale=10.0
         W_O1[t, OUT + t] = 1.0                   # and copies the key's own token to OUT
     # END SOLUTION
     return Model(config, params=p, dtype=np.float64)
-
-
-def second_copy_accuracy(model, tokens, length):
-    """How often the argmax prediction is right, on the first and the second copy (given)."""
-    predictions = model.forward(tokens).argmax(-1)[:, :-1]          # (N, T-1): for token i+1
-    right = predictions == tokens[:, 1:]
-    return float(right[:, 1:length].mean()), float(right[:, length + 1:].mean())
 
 
 if __name__ == "__main__":

@@ -23,12 +23,12 @@ What to compute:
 Shapes: losses (N, T-1) -> float. pattern_preserving_losses -> (N, T-1).
         icl_change -> (n_layers, n_heads).
 
-Hint: model.run_with_cache(tokens) -> (logits, cache); the patterns are the cache entries
-whose names end in "hook_pattern". model.per_token_loss(tokens, zero_heads=[(layer, head)],
-patterns=patterns) runs the ablated model. Without patterns= it is a full ablation: try
-both on head 0.0 and explain the difference (exercise 10 tells you why).
+model.per_token_loss(tokens, zero_heads=[(layer, head)]) runs the model with a head
+zeroed: a full ablation, every later pattern recomputed. Compare it with yours on head 0.0
+and explain the difference (exercise 10 tells you why).
 
 Run: python -m exercises.ex12_ablation_icl    Check: make exercise N=12
+Hints, one step at a time: python -m exercises.hint 12 (then --step 2)
 """
 import numpy as np
 
@@ -39,6 +39,10 @@ from exercises import common
 def icl_score(losses, early, late, half_window=1):
     """losses (N, T-1) -> mean loss around index `late` minus around index `early`."""
     # BEGIN SOLUTION: a windowed mean at each index, then the difference
+    # Hint 1: context index i is column i - 1 of losses, and n_ctx is `losses.shape[1] + 1`.
+    #   Clip the window's ends, not its centre.
+    # Hint 2: around an index: `lo, hi = max(1, index - half_window), min(n_ctx - 1, index +
+    #   half_window)`, then `losses[:, lo - 1:hi].mean()`; late minus early, as a float.
     n_ctx = losses.shape[1] + 1
 
     def around(index):
@@ -51,6 +55,11 @@ def icl_score(losses, early, late, half_window=1):
 def pattern_preserving_losses(model, tokens, layer, head):
     """-> (N, T-1) per-token losses with head (layer, head) zeroed, every pattern replayed."""
     # BEGIN SOLUTION: record the clean patterns, replay them with the head zeroed
+    # Hint 1: `model.run_with_cache(tokens)` -> (logits, cache) records every pattern: the
+    #   cache entries whose names end in "hook_pattern". per_token_loss takes them back.
+    # Hint 2: `model.per_token_loss(tokens, zero_heads=[(layer, head)], patterns=patterns)`
+    #   with `patterns = {name: value for name, value in cache.items() if
+    #   name.endswith("hook_pattern")}`.
     _, cache = model.run_with_cache(tokens)
     patterns = {name: value for name, value in cache.items() if name.endswith("hook_pattern")}
     return model.per_token_loss(tokens, zero_heads=[(layer, head)], patterns=patterns)
@@ -60,6 +69,8 @@ def pattern_preserving_losses(model, tokens, layer, head):
 def icl_change(model, tokens, early, late, half_window=1):
     """-> (n_layers, n_heads): ICL score with each head ablated minus the clean one."""
     # BEGIN SOLUTION: the clean score, then one pattern-preserving ablation per head
+    # Hint 1: two functions above do the work: icl_score of `model.per_token_loss(tokens)`
+    #   once, then for every (layer, head) icl_score of pattern_preserving_losses.
     clean = icl_score(model.per_token_loss(tokens), early, late, half_window)
     change = np.zeros((model.config.n_layers, model.config.n_heads))
     for layer in range(model.config.n_layers):

@@ -6,11 +6,13 @@ shifts in a precisely matching way") and "Model Details: Smeared key models". A 
 model cannot form an induction head: its keys know only their own token, and matching on
 the previous token needs an earlier head to move it. The smeared key moves it inside the
 head: per head a trainable alpha, s = sigmoid(alpha), and
-        k_j <- s k_j + (1 - s) k_{j-1}        (the first position unchanged).
+
+    k_j <- s k_j + (1 - s) k_{j-1}        (the first position unchanged).
 
 What to compute:
   1. smear_keys(k, alpha): the smeared keys and a cache for the backward.
   2. smear_keys_backward(dsmeared, cache): dk and dalpha.
+
 Then a 1-layer smeared model trains with your two functions in place of the engine's
 (train(..., smear=(smear_keys, smear_keys_backward)); minitransformer.ops.smear_forward
 and smear_backward otherwise), beside a 1-layer control, on repeated random segments:
@@ -19,14 +21,9 @@ does the smeared one grow an induction head?
 Shapes: k (B, H, T, E), alpha (H,) -> smeared (B, H, T, E), cache.
         dsmeared (B, H, T, E) -> dk (B, H, T, E), dalpha (H,).
 
-Hint: k_prev = k shifted one position later, with k_0 in front of itself (np.concatenate
-of k[:, :, :1] and k[:, :, :-1] on axis 2); then smeared = s k + (1 - s) k_prev, which
-leaves position 0 equal to k_0. Backward: k_j reaches the output as s k_j at position j
-and as (1 - s) k_prev at position j + 1 (k_0 also as its own k_prev at position 0).
-d sigmoid(a) / da = s (1 - s), and ds multiplies (k - k_prev), summed over B, T, E.
-
 Run: python -m exercises.ex13_smeared_keys (about 1 minute: two models)
 Check: make exercise N=13
+Hints, one step at a time: python -m exercises.hint 13 (then --step 2)
 """
 import tempfile
 
@@ -38,9 +35,24 @@ from minitransformer.presets import preset
 from minitransformer.train import train
 
 
+def train_one_layer(out, smeared, total_tokens=800_000, seed=0):
+    """The tiny-induction recipe with one layer, smeared keys (by your two functions) or
+    not -> Run (given)."""
+    model_config, train_config = preset("tiny-induction")
+    model_config.update(n_layers=1, smeared_key=smeared)
+    train_config.update(total_tokens=total_tokens, seed=seed, snapshots=9)
+    return train(out, model_config, train_config, force=True, progress=False,
+                 smear=(smear_keys, smear_keys_backward))
+
+
 def smear_keys(k, alpha):
     """k (B, H, T, E), alpha (H,) -> smeared k (B, H, T, E), cache."""
     # BEGIN SOLUTION: s = sigmoid(alpha) per head, k_prev, and the mix
+    # Hint 1: make k_prev, k shifted one position later with k_0 in front of itself; then
+    #   `s k + (1 - s) k_prev` leaves position 0 equal to k_0. s must broadcast over
+    #   (B, H, T, E): shape it (H, 1, 1).
+    # Hint 2: `k_prev = np.concatenate([k[:, :, :1], k[:, :, :-1]], axis=2)`; keep
+    #   (k, k_prev, s) as the cache.
     s = (1.0 / (1.0 + np.exp(-alpha)))[:, None, None]                 # (H, 1, 1)
     k_prev = np.concatenate([k[:, :, :1], k[:, :, :-1]], axis=2)      # k_{j-1}; k_0 at j = 0
     return s * k + (1.0 - s) * k_prev, (k, k_prev, s)
@@ -50,6 +62,12 @@ def smear_keys(k, alpha):
 def smear_keys_backward(dsmeared, cache):
     """dsmeared (B, H, T, E) -> dk (B, H, T, E), dalpha (H,)."""
     # BEGIN SOLUTION: both routes from k_j to the output, and the chain rule through sigmoid
+    # Hint 1: k_j reaches the output twice: as `s k_j` at position j and as `(1 - s) k_prev`
+    #   at position j + 1; k_0 also as its own k_prev at position 0. For alpha:
+    #   `d sigmoid(a) / da = s (1 - s)`.
+    # Hint 2: `dk = s dsmeared`, plus `(1 - s) dsmeared[:, :, j + 1]` at every j < T - 1,
+    #   plus `(1 - s) dsmeared[:, :, 0]` at 0; `dalpha = sum over B, T, E of dsmeared (k -
+    #   k_prev)`, times `s (1 - s)`.
     k, k_prev, s = cache
     dk = s * dsmeared
     dk[:, :, :-1] += (1.0 - s) * dsmeared[:, :, 1:]                 # k_j is k_prev of j + 1
@@ -57,16 +75,6 @@ def smear_keys_backward(dsmeared, cache):
     dalpha = (dsmeared * (k - k_prev)).sum((0, 2, 3)) * (s * (1.0 - s))[:, 0, 0]
     return dk, dalpha
     # END SOLUTION
-
-
-def train_one_layer(out, smeared, total_tokens=800_000, seed=0):
-    """The tiny-induction recipe with one layer, smeared keys (by your two functions) or
-    not -> Run (given)."""
-    model_config, train_config = preset("tiny-induction")
-    model_config.update(n_layers=1, smeared_key=smeared)
-    train_config.update(total_tokens=total_tokens, seed=seed, snapshots=9)
-    return train(out, model_config, train_config, force=True, progress=False,
-                 smear=(smear_keys, smear_keys_backward))
 
 
 if __name__ == "__main__":
