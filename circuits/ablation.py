@@ -91,25 +91,57 @@ def _head_sets(model, ablations):
     return sets
 
 
-def _ablated_batches(model, tokens, ablations, method, batch, output):
+def _ablated_batches(model, tokens, ablations, method, batch, output, reuse=True):
     """For each batch of `tokens`: (clean, [ablated for each head set]), as computed by
-    output(model, tokens, **interventions) ("logits" or "losses")."""
+    output(model, tokens, **interventions) ("logits" or "losses").
+    reuse=False: every ablation is a whole forward (the readable version). reuse=True: an
+    ablation whose lowest head is in layer l starts at layer l (start_at_layer) from what a
+    forward without ablation made there, recorded once per batch: the residual stream
+    entering layer l and the layer's head outputs z (replayed, z=, so only the ablated heads
+    change and layer l makes no values or pattern). That forward is the clean one for
+    "full"; for "pattern-preserving" it is one with every pattern replayed, since a replayed
+    layer multiplies the recorded pattern and so differs from the clean forward's blocked
+    core in the last bits. The same numbers either way, to the bit (tests/test_ablation.py)."""
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     run = model.forward if output == "logits" else model.per_token_loss
+    lowest = {heads: min(l for l, _ in heads) for heads in ablations if heads and reuse}
     for start in range(0, len(tokens), batch):
         chunk = tokens[start:start + batch]
+        recorded = {}
+        record = _recorder(set(lowest.values()), recorded)
         if method == "full":
-            clean = run(chunk)
-            ablated = [run(chunk, zero_heads=heads) for heads in ablations]
+            clean = run(chunk, hooks=record)
+            patterns = None
         else:   # the patterns from the forward's own cache: no recording, no host copies
             logits, cache = model.forward_train(chunk)
             patterns = {f"blocks.{l}.attn.hook_pattern": block.attn.pattern
                         for l, block in enumerate(cache.blocks)}
             clean = to_numpy(logits if output == "logits" else
                              ops.per_token_cross_entropy(logits, cache.tokens))
-            ablated = [run(chunk, zero_heads=heads, patterns=patterns) for heads in ablations]
+            if record:
+                model.forward(chunk, patterns=patterns, hooks=record)
+        ablated = [run(chunk, zero_heads=heads, patterns=patterns,
+                       **(_start_at(lowest[heads], recorded) if heads in lowest else {}))
+                   for heads in ablations]
         yield clean, ablated
+
+
+def _recorder(layers, into):
+    """hooks that keep, for each layer l in `layers`, what an ablation starting there reuses:
+    blocks.{l}.hook_resid_pre (the residual stream entering layer l) and
+    blocks.{l}.attn.hook_z (its heads' outputs), in into[hook name]."""
+    def keep(activation, name):
+        into[name] = activation
+    return {name: keep for l in layers
+            for name in (f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_z")}
+
+
+def _start_at(layer, recorded):
+    """The interventions that start a forward at `layer` from what _recorder kept."""
+    z = f"blocks.{layer}.attn.hook_z"
+    return {"start_at_layer": layer, "resid_pre": recorded[f"blocks.{layer}.hook_resid_pre"],
+            "z": {z: recorded[z]}}
 
 
 def _tokens(model, tokens):
@@ -117,15 +149,18 @@ def _tokens(model, tokens):
     return tokens[None] if tokens.ndim == 1 else tokens
 
 
-def ablation_losses(model, tokens, ablations=None, method="pattern-preserving", batch=BATCH):
+def ablation_losses(model, tokens, ablations=None, method="pattern-preserving", batch=BATCH,
+                    reuse=True):
     """Per-token losses of `model` on eval tokens (N,T) with each ablation.
     ablations: head sets, each a (layer, head) or a list of them (ablated together); None:
     every head alone, in every_head order. method: "pattern-preserving" or "full".
+    reuse: run each ablation from its lowest ablated layer up, on the residual stream
+    recorded below it (the same numbers; False: a whole forward per ablation).
     -> AblationLosses(clean (N,T-1), ablated (A,N,T-1), ablations, method), float32."""
     tokens = _tokens(model, tokens)
     ablations = _head_sets(model, ablations)
     clean, ablated = [], [[] for _ in ablations]
-    for c, a in _ablated_batches(model, tokens, ablations, method, batch, "losses"):
+    for c, a in _ablated_batches(model, tokens, ablations, method, batch, "losses", reuse):
         clean.append(c)
         for rows, losses in zip(ablated, a):
             rows.append(losses)
@@ -135,12 +170,13 @@ def ablation_losses(model, tokens, ablations=None, method="pattern-preserving", 
                           ablations, method)
 
 
-def ablation_logits(model, tokens, ablations=None, method="pattern-preserving", batch=BATCH):
+def ablation_logits(model, tokens, ablations=None, method="pattern-preserving", batch=BATCH,
+                    reuse=True):
     """As ablation_losses, the logits instead (for small inputs: A copies of (N,T,V)).
     -> (clean (N,T,V), ablated (A,N,T,V))."""
     tokens = _tokens(model, tokens)
     ablations = _head_sets(model, ablations)
-    parts = list(_ablated_batches(model, tokens, ablations, method, batch, "logits"))
+    parts = list(_ablated_batches(model, tokens, ablations, method, batch, "logits", reuse))
     clean = np.concatenate([c for c, _ in parts])
     ablated = np.stack([np.concatenate([a[i] for _, a in parts]) for i in range(len(ablations))])
     return clean, ablated
