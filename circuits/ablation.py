@@ -25,9 +25,6 @@ from collections import namedtuple
 
 import numpy as np
 
-from minitransformer import ops
-from minitransformer.backend import to_numpy
-
 METHODS = ("pattern-preserving", "full")
 BATCH = 16
 
@@ -106,39 +103,35 @@ def _ablated_batches(model, tokens, ablations, method, batch, output, reuse=True
         raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     run = model.forward if output == "logits" else model.per_token_loss
     lowest = {heads: min(l for l, _ in heads) for heads in ablations if heads and reuse}
+    reused = [name for l in sorted(set(lowest.values()))
+              for name in (f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_z")]
     for start in range(0, len(tokens), batch):
         chunk = tokens[start:start + batch]
-        recorded = {}
-        record = _recorder(set(lowest.values()), recorded)
+        recorded, patterns = {}, None
         if method == "full":
-            clean = run(chunk, hooks=record)
-            patterns = None
-        else:   # the patterns from the forward's own cache: no recording, no host copies
-            logits, cache = model.forward_train(chunk)
-            patterns = {f"blocks.{l}.attn.hook_pattern": block.attn.pattern
-                        for l, block in enumerate(cache.blocks)}
-            clean = to_numpy(logits if output == "logits" else
-                             ops.per_token_cross_entropy(logits, cache.tokens))
-            if record:
-                model.forward(chunk, patterns=patterns, hooks=record)
+            clean = run(chunk, hooks=_keep(reused, recorded))
+        else:   # the clean forward's own patterns, as its hooks see them: no host copies
+            patterns = {}
+            clean = run(chunk, hooks=_keep([f"blocks.{l}.attn.hook_pattern"
+                                            for l in range(model.config.n_layers)], patterns))
+            if reused:
+                model.forward(chunk, patterns=patterns, hooks=_keep(reused, recorded))
         ablated = [run(chunk, zero_heads=heads, patterns=patterns,
                        **(_start_at(lowest[heads], recorded) if heads in lowest else {}))
                    for heads in ablations]
         yield clean, ablated
 
 
-def _recorder(layers, into):
-    """hooks that keep, for each layer l in `layers`, what an ablation starting there reuses:
-    blocks.{l}.hook_resid_pre (the residual stream entering layer l) and
-    blocks.{l}.attn.hook_z (its heads' outputs), in into[hook name]."""
+def _keep(names, into):
+    """hooks that keep the activation at each hook point in `names` in into[name]."""
     def keep(activation, name):
         into[name] = activation
-    return {name: keep for l in layers
-            for name in (f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_z")}
+    return {name: keep for name in names}
 
 
 def _start_at(layer, recorded):
-    """The interventions that start a forward at `layer` from what _recorder kept."""
+    """The interventions that start a forward at `layer` from a forward without ablation:
+    the residual stream entering it and its heads' outputs, as _keep recorded them."""
     z = f"blocks.{layer}.attn.hook_z"
     return {"start_at_layer": layer, "resid_pre": recorded[f"blocks.{layer}.hook_resid_pre"],
             "z": {z: recorded[z]}}
