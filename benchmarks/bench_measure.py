@@ -18,19 +18,21 @@ the last snapshot and eval set of a trained --run.
 """
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
 
 import numpy as np
 
-from circuits.ablation import ablation_losses
-from circuits.threads import blas_threads
-from experiments.losses import BATCH, per_token_losses
-from minitransformer import Model
-from minitransformer.ops.loss import _log_softmax_at_targets
-from minitransformer.presets import preset
-from minitransformer.runs import Run
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))   # the code beside it
+from circuits.ablation import ablation_losses  # noqa: E402
+from circuits.threads import blas_threads  # noqa: E402
+from experiments.losses import BATCH, per_token_losses  # noqa: E402
+from minitransformer import Model  # noqa: E402
+from minitransformer.ops.loss import _log_softmax_at_targets  # noqa: E402
+from minitransformer.presets import preset  # noqa: E402
+from minitransformer.runs import Run  # noqa: E402
 
 
 def readable_losses(model, tokens, batch=BATCH):

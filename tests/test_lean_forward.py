@@ -144,3 +144,20 @@ def test_bad_starts_and_replays_are_one_line_errors(kwargs, message):
     assert "\n" not in str(error.value)
     with pytest.raises(ValueError, match="start_at_layer: for forward and per_token_loss only"):
         model.loss_and_grads(tokens(), start_at_layer=1, resid_pre=np.zeros((5, 40, 32)))
+
+
+def test_the_measurement_benchmark_compares_paths_with_the_same_bits(tmp_path, capsys):
+    """benchmarks/bench_measure.py runs (no timing is asserted) and says the bits agree."""
+    import importlib.util
+    import json
+    import pathlib
+    path = pathlib.Path(__file__).parent.parent / "benchmarks" / "bench_measure.py"
+    spec = importlib.util.spec_from_file_location("bench_measure", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--preset", "tiny", "--n-eval", "6", "--n-ablate", "3", "--repeats", "1",
+                       "--json", str(out)]) == 0
+    assert capsys.readouterr().out.count("same bits") == 2
+    assert {stage: r["identical"] for stage, r in json.loads(out.read_text())["stages"].items()} == \
+        {"losses": True, "ablations": True}
