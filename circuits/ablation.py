@@ -14,19 +14,23 @@ The output is the per-token loss on the fixed eval set with each ablation, (A, N
 the unablated one (N, T-1); from them follow the change in ICL score (icl_change) and the
 projection of the change onto any per-token-loss vector (loss_projection).
 
-Speed: the eval set goes through in batches; each batch is run once clean (recording the
-patterns) and once per ablation. Measured on one BLAS thread, for a 2-layer model of 2 heads
-(d_model 128, n_ctx 256, V 256) and 512 x 256 eval tokens, looping over heads per batch was
-faster than tiling the batch once per head with a (B,H) head mask (the tiled replayed
-patterns are 4x larger in memory and the products no faster); a replayed forward also skips
-the queries, keys and softmax, so pattern-preserving ablations are the cheaper kind.
+Speed: the eval set goes through in batches of 16. Each batch runs once clean (its patterns
+kept by hooks), once with every pattern replayed and nothing ablated (recording what each
+ablation reuses), and once per ablation from its lowest ablated layer up (reuse=True): the
+layers below see nothing of the ablation, and the ablated layer only redoes its output
+projection. A replayed layer skips the queries, keys and softmax, so pattern-preserving
+ablations are the cheaper kind. Every head of the trained mlp-5l (5 layers with MLPs, 4 heads
+of 32, n_ctx 256) on 128 eval sequences: 26.0 s with a whole forward per head (the start
+commit's code), 13.9 s now (x1.87; attention-only 2L, random weights, 32 sequences: x1.90),
+the same bits; medians of 5 interleaved, one BLAS thread, on the 2-core machine while a
+two-job sweep held both cores (2026-12-02; benchmarks/bench_measure.py times it again).
+Tiling the batch once per head of a layer with a (B,H) head mask, re-checked with 4 heads
+and the reuse, was slower (mlp-5l x0.92, attention-only 2L x0.85) and rounds differently
+(OpenBLAS rounds a (B*T,D) product differently for another B), so the heads loop.
 """
 from collections import namedtuple
 
 import numpy as np
-
-from minitransformer import ops
-from minitransformer.backend import to_numpy
 
 METHODS = ("pattern-preserving", "full")
 BATCH = 16
@@ -91,25 +95,53 @@ def _head_sets(model, ablations):
     return sets
 
 
-def _ablated_batches(model, tokens, ablations, method, batch, output):
+def _ablated_batches(model, tokens, ablations, method, batch, output, reuse=True):
     """For each batch of `tokens`: (clean, [ablated for each head set]), as computed by
-    output(model, tokens, **interventions) ("logits" or "losses")."""
+    output(model, tokens, **interventions) ("logits" or "losses").
+    reuse=False: every ablation is a whole forward (the readable version). reuse=True: an
+    ablation whose lowest head is in layer l starts at layer l (start_at_layer) from what a
+    forward without ablation made there, recorded once per batch: the residual stream
+    entering layer l and the layer's head outputs z (replayed, z=, so only the ablated heads
+    change and layer l makes no values or pattern). That forward is the clean one for
+    "full"; for "pattern-preserving" it is one with every pattern replayed, since a replayed
+    layer multiplies the recorded pattern and so differs from the clean forward's blocked
+    core in the last bits. The same numbers either way, to the bit (tests/test_ablation.py)."""
     if method not in METHODS:
         raise ValueError(f"method: {method!r} is not one of {', '.join(METHODS)}")
     run = model.forward if output == "logits" else model.per_token_loss
+    lowest = {heads: min(l for l, _ in heads) for heads in ablations if heads and reuse}
+    reused = [name for l in sorted(set(lowest.values()))
+              for name in (f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_z")]
     for start in range(0, len(tokens), batch):
         chunk = tokens[start:start + batch]
+        recorded, patterns = {}, None
         if method == "full":
-            clean = run(chunk)
-            ablated = [run(chunk, zero_heads=heads) for heads in ablations]
-        else:   # the patterns from the forward's own cache: no recording, no host copies
-            logits, cache = model.forward_train(chunk)
-            patterns = {f"blocks.{l}.attn.hook_pattern": block.attn.pattern
-                        for l, block in enumerate(cache.blocks)}
-            clean = to_numpy(logits if output == "logits" else
-                             ops.per_token_cross_entropy(logits, cache.tokens))
-            ablated = [run(chunk, zero_heads=heads, patterns=patterns) for heads in ablations]
+            clean = run(chunk, hooks=_keep(reused, recorded))
+        else:   # the clean forward's own patterns, as its hooks see them: no host copies
+            patterns = {}
+            clean = run(chunk, hooks=_keep([f"blocks.{l}.attn.hook_pattern"
+                                            for l in range(model.config.n_layers)], patterns))
+            if reused:
+                model.forward(chunk, patterns=patterns, hooks=_keep(reused, recorded))
+        ablated = [run(chunk, zero_heads=heads, patterns=patterns,
+                       **(_start_at(lowest[heads], recorded) if heads in lowest else {}))
+                   for heads in ablations]
         yield clean, ablated
+
+
+def _keep(names, into):
+    """hooks that keep the activation at each hook point in `names` in into[name]."""
+    def keep(activation, name):
+        into[name] = activation
+    return {name: keep for name in names}
+
+
+def _start_at(layer, recorded):
+    """The interventions that start a forward at `layer` from a forward without ablation:
+    the residual stream entering it and its heads' outputs, as _keep recorded them."""
+    z = f"blocks.{layer}.attn.hook_z"
+    return {"start_at_layer": layer, "resid_pre": recorded[f"blocks.{layer}.hook_resid_pre"],
+            "z": {z: recorded[z]}}
 
 
 def _tokens(model, tokens):
@@ -117,15 +149,18 @@ def _tokens(model, tokens):
     return tokens[None] if tokens.ndim == 1 else tokens
 
 
-def ablation_losses(model, tokens, ablations=None, method="pattern-preserving", batch=BATCH):
+def ablation_losses(model, tokens, ablations=None, method="pattern-preserving", batch=BATCH,
+                    reuse=True):
     """Per-token losses of `model` on eval tokens (N,T) with each ablation.
     ablations: head sets, each a (layer, head) or a list of them (ablated together); None:
     every head alone, in every_head order. method: "pattern-preserving" or "full".
+    reuse: run each ablation from its lowest ablated layer up, on the residual stream
+    recorded below it (the same numbers; False: a whole forward per ablation).
     -> AblationLosses(clean (N,T-1), ablated (A,N,T-1), ablations, method), float32."""
     tokens = _tokens(model, tokens)
     ablations = _head_sets(model, ablations)
     clean, ablated = [], [[] for _ in ablations]
-    for c, a in _ablated_batches(model, tokens, ablations, method, batch, "losses"):
+    for c, a in _ablated_batches(model, tokens, ablations, method, batch, "losses", reuse):
         clean.append(c)
         for rows, losses in zip(ablated, a):
             rows.append(losses)
@@ -135,12 +170,13 @@ def ablation_losses(model, tokens, ablations=None, method="pattern-preserving", 
                           ablations, method)
 
 
-def ablation_logits(model, tokens, ablations=None, method="pattern-preserving", batch=BATCH):
+def ablation_logits(model, tokens, ablations=None, method="pattern-preserving", batch=BATCH,
+                    reuse=True):
     """As ablation_losses, the logits instead (for small inputs: A copies of (N,T,V)).
     -> (clean (N,T,V), ablated (A,N,T,V))."""
     tokens = _tokens(model, tokens)
     ablations = _head_sets(model, ablations)
-    parts = list(_ablated_batches(model, tokens, ablations, method, batch, "logits"))
+    parts = list(_ablated_batches(model, tokens, ablations, method, batch, "logits", reuse))
     clean = np.concatenate([c for c, _ in parts])
     ablated = np.stack([np.concatenate([a[i] for _, a in parts]) for i in range(len(ablations))])
     return clean, ablated

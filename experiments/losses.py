@@ -13,11 +13,14 @@ import numpy as np
 from circuits.ablation import context_indices, icl_score, loss_at_index  # noqa: F401 (re-exported)
 from minitransformer.runs import read_npz, save_npz, snapshot_file
 
-BATCH = 32
+BATCH = 32   # part of the numbers: OpenBLAS rounds a (B*T, D) product differently for another B
+             # (~1e-5 in a loss), and the cached losses and measurements were made with 32
 
 
 def per_token_losses(model, tokens, batch=BATCH, **interventions):
-    """(N, T) eval tokens -> (N, T-1) float32 per-token losses, in batches."""
+    """(N, T) eval tokens -> (N, T-1) float32 per-token losses, in batches. Model.per_token_loss
+    keeps no cache: the numbers of the training forward, to the bit, ~2x faster for the
+    deeper models (README, make reproduce)."""
     return np.concatenate([model.per_token_loss(tokens[i:i + batch], **interventions)
                            for i in range(0, len(tokens), batch)]).astype(np.float32)
 

@@ -5,6 +5,12 @@
 
 The head scores are circuits.scores's (HeadScores, on its one sample); the per-token losses
 themselves are cached per snapshot by experiments.losses.
+
+Speed: the per-token losses run on the cache-less Model.per_token_loss and the ablations from
+each head's own layer up (circuits.ablation, reuse=True); both give the numbers version 1 was
+made with, to the bit, so VERSION stays 1. Every snapshot is measured on all of the eval set:
+fewer sequences at the inner snapshots moved the table's phase-change windows (README, "The
+Model Analysis Table", measured on the natural-text sweep's cached losses).
 """
 import argparse
 import dataclasses
@@ -23,7 +29,7 @@ from minitransformer.runs import Run, read_npz, run_file, save_npz
 from .losses import snapshot_losses
 from .timeseries import evaluated_steps
 
-VERSION = 1
+VERSION = 1           # the numbers: unchanged by the fast paths (tests/test_lean_forward.py)
 N_ABLATE = 128        # eval sequences the ablations run on (each head costs one forward pass)
 ABLATED_SNAPSHOTS = 10
 HEAD_SCORES = {"prefix": "prefix_matching", "copying": "copying", "prev_token": "previous_token",

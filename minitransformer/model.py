@@ -35,6 +35,10 @@ class Model:
                                        different head per batch row, vectorising ablations
       patterns={"blocks.{l}.attn.hook_pattern": (B,H,T,T)} replay recorded patterns in those
                                        layers (with zero_heads: a pattern-preserving ablation)
+      z={"blocks.{l}.attn.hook_z": (B,T,H,E)} replay recorded head outputs in those layers,
+                                       before zero_heads and head_mask act on them: the layer
+                                       makes no values, queries, keys or pattern (an ablation
+                                       in layer l with the other heads' outputs as they were)
 
     Hooks, TransformerLens-style, accepted by the same four (and forward_train):
       hooks={name: fn}   at each hook point of hook_names() fn(activation, name) sees the
@@ -43,7 +47,8 @@ class Model:
                          replacement of the same shape, which the rest of the forward uses:
                          a new hook_z is what W_O reads, a new hook_pattern makes z, a new
                          blocks.{l}.hook_resid_post is what layer l+1 reads. zero_heads and
-                         head_mask act before hook_z, patterns= before hook_pattern.
+                         head_mask act before hook_z, patterns= before hook_pattern, z=
+                         before hook_z.
       loss_and_grads accepts hooks that only read; one that returned a replacement is a
       ValueError (the backward does not run through hooks).
 
@@ -62,10 +67,13 @@ class Model:
 
     # ---- public API -----------------------------------------------------------------------
 
-    def forward(self, tokens, **interventions):
+    def forward(self, tokens, start_at_layer=None, resid_pre=None, **interventions):
         """tokens (B,T) or (T,) int -> logits (B,T,V) as a NumPy array. interventions:
-        zero_heads, head_mask, patterns, hooks (see the class)."""
-        return to_numpy(self.forward_train(tokens, **interventions)[0])
+        zero_heads, head_mask, patterns, hooks (see the class); start_at_layer, resid_pre:
+        as per_token_loss's. No backward follows, so no cache is kept (forward_train's
+        logits, to the bit)."""
+        return to_numpy(self._forward(self.tokens(tokens), start_at_layer=start_at_layer,
+                                      resid_pre=resid_pre, keep_cache=False, **interventions)[0])
 
     def run_with_cache(self, tokens, **interventions):
         """-> (logits (B,T,V), cache): a dict of NumPy arrays named by TransformerLens hook:
@@ -80,10 +88,21 @@ class Model:
         logits, _ = self.forward_train(tokens, record=acts, **interventions)
         return to_numpy(logits), {k: to_numpy(v) for k, v in acts.items()}
 
-    def per_token_loss(self, tokens, **interventions):
-        """-> (B,T-1) NumPy: the loss of predicting tokens[:,1:] from each position."""
-        logits, cache = self.forward_train(tokens, **interventions)
-        return to_numpy(ops.per_token_cross_entropy(logits, cache.tokens))
+    def per_token_loss(self, tokens, start_at_layer=None, resid_pre=None, **interventions):
+        """-> (B,T-1) NumPy: the loss of predicting tokens[:,1:] from each position.
+        interventions: as forward's. start_at_layer, resid_pre (B,T,D): run only layers
+        start_at_layer.. (TransformerLens's start_at_layer), from resid_pre, the residual
+        stream entering that layer (its blocks.{l}.hook_resid_pre); the same numbers as the
+        whole forward in which that activation was resid_pre (hooks below it are not
+        reached). An ablation of heads in layer l and up reuses the layers below this way.
+        No backward follows, so no cache is kept: the numbers of per_token_cross_entropy of
+        forward_train's logits, to the bit (tests/test_lean_forward.py), on a CPU x1.1 (1
+        layer) to x1.9 (5-6 layers with MLPs) faster: no stored attention pattern, the MLP
+        one sequence at a time, each layer's activations freed as the next is made."""
+        tokens = self.tokens(tokens)
+        logits, _ = self._forward(tokens, start_at_layer=start_at_layer, resid_pre=resid_pre,
+                                  keep_cache=False, **interventions)
+        return to_numpy(ops.per_token_cross_entropy(logits, tokens))
 
     def loss_and_grads(self, tokens, device_loss=False, **interventions):
         """Next-token loss averaged over the B*(T-1) predictions -> (loss float, grads dict
@@ -124,29 +143,40 @@ class Model:
         return xp.asarray(ids, dtype=np.int64)
 
     def forward_train(self, tokens, zero_heads=None, head_mask=None, patterns=None, record=None,
-                      hooks=None):
+                      hooks=None, z=None):
         """-> (logits (B,T,V) on the device, ForwardCache for backward). Every activation
         passes through its hook point: `hooks` may read or replace it, `record`, a dict, is
         filled with what flows on, under TransformerLens hook names."""
-        return self._forward(self.tokens(tokens), zero_heads, head_mask, patterns, record, hooks)
+        return self._forward(self.tokens(tokens), zero_heads, head_mask, patterns, record, hooks,
+                             z=z)
 
     def _forward(self, tokens, zero_heads=None, head_mask=None, patterns=None, record=None,
-                 hooks=None):
-        """forward_train of tokens already validated and on the device (Model.tokens)."""
+                 hooks=None, start_at_layer=None, resid_pre=None, keep_cache=True, z=None):
+        """forward_train of tokens already validated and on the device (Model.tokens).
+        start_at_layer, resid_pre: per_token_loss's. keep_cache=False: no backward follows;
+        the cache holds no blocks, so each layer's activations are freed as the next one is
+        made, and the ops take their cache-less paths (the same numbers)."""
         cfg, p, xp = self.config, self.params, self.xp
         T = tokens.shape[1]
         masks = self._head_masks(zero_heads, head_mask)
         patterns = patterns or {}
-        hook = HookPoints(self._checked_hooks(hooks, patterns), record)
-        resid, embed_cache = ops.embed_forward(tokens, p["embed.W_E"])       # (B,T,D)
-        resid = hook("hook_embed", resid)
+        replayed_z = self._replayed_z(z, tokens.shape)
+        hook = HookPoints(self._checked_hooks(hooks, patterns, replayed_z), record)
+        if keep_cache and start_at_layer is not None:
+            raise ValueError("start_at_layer: for forward and per_token_loss only (a backward "
+                             "runs through every layer)")
+        first, resid = self._start(start_at_layer, resid_pre, tokens)
+        embed_cache = None
+        if resid is None:
+            resid, embed_cache = ops.embed_forward(tokens, p["embed.W_E"])   # (B,T,D)
+            resid = hook("hook_embed", resid)
         pos = None
         if "pos_embed.W_pos" in p:   # a view: W_pos[:T] for every batch row, as TransformerLens
             pos = hook("hook_pos_embed", xp.broadcast_to(p["pos_embed.W_pos"][:T], resid.shape))
-        if cfg.positional_embedding_type == "standard":
+        if cfg.positional_embedding_type == "standard" and embed_cache is not None:
             resid = resid + pos
         blocks = []
-        for l in range(cfg.n_layers):
+        for l in range(first, cfg.n_layers):
             b = f"blocks.{l}."
             resid = hook(b + "hook_resid_pre", resid)
             x, ln1 = self._ln(resid, b + "ln1", hook)
@@ -157,18 +187,19 @@ class Model:
                             ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")),
                 alpha=p.get(b + "attn.alpha"), head_mask=masks.get(l),
                 pattern=None if replay is None else xp.asarray(replay, dtype=self.dtype),
-                hook=hook.scope(b + "attn."), smear_forward=self.smear[0])
+                z=replayed_z.get(l),
+                hook=hook.scope(b + "attn."), smear_forward=self.smear[0],
+                keep_pattern=keep_cache)
             resid = resid + hook(b + "hook_attn_out", attn_out)
             ln2 = mlp = None
             if not cfg.attn_only:
                 resid = hook(b + "hook_resid_mid", resid)
                 x2, ln2 = self._ln(resid, b + "ln2", hook)
-                mlp_out, mlp = ops.mlp_forward(x2, p[b + "mlp.W_in"], p[b + "mlp.b_in"],
-                                               p[b + "mlp.W_out"], p[b + "mlp.b_out"], cfg.act_fn,
-                                               hook=hook.scope(b + "mlp."))
+                mlp_out, mlp = self._mlp(x2, b + "mlp.", hook, keep_cache)
                 resid = resid + hook(b + "hook_mlp_out", mlp_out)
             resid = hook(b + "hook_resid_post", resid)
-            blocks.append(BlockCache(ln1, attn, ln2, mlp))
+            if keep_cache:
+                blocks.append(BlockCache(ln1, attn, ln2, mlp))
         x, ln_final = self._ln(resid, "ln_final", hook)
         logits, unembed = ops.linear_forward(x, p["unembed.W_U"], p["unembed.b_U"])  # (B,T,V)
         return logits, ForwardCache(tokens, embed_cache, blocks, ln_final, unembed,
@@ -239,10 +270,11 @@ class Model:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _checked_hooks(self, hooks, patterns):
+    def _checked_hooks(self, hooks, patterns, replayed_z=()):
         """hooks {name: fn} (or (name, fn) pairs) -> a dict; a one-line error for a name
         that is not a hook point, or one never reached (queries, keys and scores of a layer
-        whose pattern is replayed), or an fn that is not callable."""
+        whose pattern is replayed, and its values and pattern too where z is), or an fn that
+        is not callable."""
         hooks = dict(hooks or {})
         names = set(self.hook_names()) if hooks else set()
         for name, fn in hooks.items():
@@ -258,7 +290,58 @@ class Model:
                     layer + ".attn.hook_pattern" in patterns:
                 raise ValueError(f"hooks: {name} is never reached: that layer's pattern is "
                                  f"replayed (patterns=), so no queries, keys or scores are made")
+            if point in ("hook_v", "hook_q", "hook_k", "hook_attn_scores", "hook_pattern") and \
+                    layer.startswith("blocks.") and int(layer.split(".")[1]) in replayed_z:
+                raise ValueError(f"hooks: {name} is never reached: that layer's head outputs "
+                                 f"are replayed (z=), so no values, queries, keys or pattern are made")
         return hooks
+
+    def _replayed_z(self, z, token_shape):
+        """z= {"blocks.{l}.attn.hook_z": (B,T,H,E)} -> {l: (B,H,T,E) on the device}; one-line
+        errors for another name or shape."""
+        cfg, replayed = self.config, {}
+        for name, value in (z or {}).items():
+            layer = name[len("blocks."):-len(".attn.hook_z")]
+            if not (name.startswith("blocks.") and name.endswith(".attn.hook_z") and layer.isdigit()
+                    and int(layer) < cfg.n_layers):
+                raise ValueError(f"z: {name!r} is not a layer's hook_z (blocks.{{l}}.attn.hook_z, "
+                                 f"l < {cfg.n_layers})")
+            expected = tuple(token_shape) + (cfg.n_heads, cfg.d_head)
+            if tuple(value.shape) != expected:
+                raise ValueError(f"z: {name} has shape {tuple(value.shape)}, expected {expected} "
+                                 f"(B,T,H,E) for these tokens")
+            replayed[int(layer)] = self.xp.asarray(value, dtype=self.dtype).swapaxes(1, 2)
+        return replayed
+
+    def _start(self, start_at_layer, resid_pre, tokens):
+        """-> (first layer to run, the residual stream entering it on the device, or None:
+        the embedding's); one-line errors for a layer out of range or a resid_pre missing or
+        of the wrong shape."""
+        cfg = self.config
+        if start_at_layer is None:
+            if resid_pre is not None:
+                raise ValueError("resid_pre: given without start_at_layer, the layer it enters")
+            return 0, None
+        if isinstance(start_at_layer, bool) or not isinstance(start_at_layer, (int, np.integer)) \
+                or not 0 <= start_at_layer <= cfg.n_layers:
+            raise ValueError(f"start_at_layer: {start_at_layer!r} is not a layer 0..{cfg.n_layers} "
+                             f"of this model")
+        expected = tuple(tokens.shape) + (cfg.d_model,)
+        if resid_pre is None or tuple(resid_pre.shape) != expected:
+            got = "none" if resid_pre is None else f"shape {tuple(resid_pre.shape)}"
+            raise ValueError(f"resid_pre: start_at_layer={start_at_layer} needs the residual stream "
+                             f"entering that layer, shape {expected} for these tokens; got {got}")
+        return int(start_at_layer), self.xp.asarray(resid_pre, dtype=self.dtype)
+
+    def _mlp(self, x, name, hook, keep_cache):
+        """The MLP block `name` ("blocks.{l}.mlp.") on x (B,T,D) -> (out, cache or None): one
+        sequence at a time where no cache is kept, no hook reads inside it and NumPy runs it
+        (the same numbers, less memory traffic; on a GPU it would only add launches)."""
+        p, hook = self.params, hook.scope(name)
+        weights = [p[name + n] for n in ("W_in", "b_in", "W_out", "b_out")]
+        if keep_cache or self.xp is not np or hook.wants("hook_pre") or hook.wants("hook_post"):
+            return ops.mlp_forward(x, *weights, self.config.act_fn, hook=hook)
+        return ops.mlp_forward_by_sequence(x, *weights, self.config.act_fn), None
 
     def _ln(self, x, name, hook):
         if self.config.normalization_type != "LN":

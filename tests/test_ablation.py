@@ -4,7 +4,7 @@ agree for the last layer and differ where a later head composes with the ablated
 the losses, ICL changes and projections are what their definitions say."""
 import numpy as np
 import pytest
-from numpy.testing import assert_allclose
+from numpy.testing import assert_allclose, assert_array_equal
 
 import experiments.losses
 from circuits import ablation
@@ -25,8 +25,8 @@ def tokens():
     return np.random.default_rng(0).integers(0, 48, (5, 24))
 
 
-def _model(config, seed=0):
-    model = Model(config, seed=seed, dtype=np.float64)
+def _model(config, seed=0, dtype=np.float64):
+    model = Model(config, seed=seed, dtype=dtype)
     # sharper attention than at initialisation, so that patterns depend on what heads write
     for key in model.params:
         if key.endswith("W_Q") or key.endswith("W_K"):
@@ -95,6 +95,23 @@ def test_losses_are_the_models_per_token_losses_in_any_batch(tokens):
                         rtol=1e-6)
     full = ablation_losses(model, tokens, sets, method="full", batch=3)
     assert_allclose(full.ablated[1], model.per_token_loss(tokens, zero_heads=sets[1]), rtol=1e-6)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("method", ablation.METHODS)
+@pytest.mark.parametrize("config", [ATTN_ONLY, LN_MLP], ids=["attn-only", "ln-mlp"])
+def test_reusing_the_layers_below_an_ablation_is_the_whole_forward_to_the_bit(config, method, dtype,
+                                                                              tokens):
+    """What experiments.measure runs (reuse=True: each ablation from its lowest layer up, that
+    layer's other heads' outputs replayed) against the readable version (a whole forward per
+    ablation): the same bits, so cached measurements stay valid."""
+    model = _model(config, seed=2, dtype=dtype)
+    sets = every_head(model.config) + [[(1, 0), (0, 1)], [(1, 1), (1, 0)], []]
+    for output in (ablation_losses, ablation_logits):
+        fast = output(model, tokens, sets, method, batch=2)
+        readable = output(model, tokens, sets, method, batch=2, reuse=False)
+        assert_array_equal(fast[0], readable[0])
+        assert_array_equal(fast[1], readable[1])
 
 
 def test_icl_change_and_projection_follow_from_the_losses():

@@ -93,6 +93,11 @@ INTERVENTIONS = {
     "head_mask (B,H)": lambda cache: dict(head_mask={0: np.eye(4)}),
     "patterns, pattern-preserving": lambda cache: dict(
         zero_heads=[(0, 2)], patterns={k: v for k, v in cache.items() if k.endswith("hook_pattern")}),
+    "z replayed": lambda cache: dict(zero_heads=[(0, 1)],
+                                     z={"blocks.0.attn.hook_z": cache["blocks.0.attn.hook_z"]}),
+    "start_at_layer, z replayed": lambda cache: dict(
+        zero_heads=[(1, 2)], start_at_layer=1, resid_pre=cache["blocks.1.hook_resid_pre"],
+        z={"blocks.1.attn.hook_z": cache["blocks.1.attn.hook_z"]}),
     "hook_z replaced": lambda cache: dict(hooks={"blocks.1.attn.hook_z": _zero_head_2}),
     "hook_attn_scores replaced": lambda cache: dict(
         hooks={"blocks.0.attn.hook_attn_scores": lambda a, name: a * 0.5}),
@@ -116,7 +121,8 @@ def test_interventions_match_numpy(gpu, make):
     assert_allclose(dev.forward(x, **kwargs), cpu.forward(x, **kwargs), rtol=1e-4, atol=1e-4)
     assert_allclose(dev.per_token_loss(x, **kwargs), cpu.per_token_loss(x, **kwargs),
                     rtol=1e-4, atol=1e-4)
-    if "hooks" not in kwargs:       # gradients run through the head masks and replayed patterns
+    if "hooks" not in kwargs and "start_at_layer" not in kwargs:   # gradients run through the
+        # head masks and the replayed patterns and head outputs
         assert_grads_close(dev.loss_and_grads(x, **kwargs)[1], cpu.loss_and_grads(x, **kwargs)[1])
 
 

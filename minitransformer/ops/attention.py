@@ -98,7 +98,7 @@ def smear_backward(dsmeared, cache):
 
 def attention_forward(qk_input, v_input, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O,
                       alpha=None, head_mask=None, pattern=None, hook=NO_HOOKS,
-                      smear_forward=smear_forward):
+                      smear_forward=smear_forward, keep_pattern=True, z=None):
     """Causal multi-head attention.
     qk_input (B,T,D): what queries and keys read (shortformer: LN(x) + W_pos).
     v_input (B,T,D): what values read (LN(x)).
@@ -107,26 +107,35 @@ def attention_forward(qk_input, v_input, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O,
     passes its own).
     head_mask (H,) or (B,H) or None: multiplies each head's output (0 ablates it).
     pattern (B,H,T,T) or None: replay this pattern instead of computing one.
+    z (B,H,T,E) or None: replay these head outputs (before head_mask) instead of computing
+    them: no values, no pattern (cache.v and cache.pattern None); the inputs go unread.
     hook: the layer's hook points (minitransformer.hooks), shown as TransformerLens shows
     them: hook_q, hook_k (smeared), hook_v, hook_z (B,T,H,E); hook_attn_scores (masked with
     -inf), hook_pattern (B,H,T,T); hook_result (B,T,H,D). A replacement changes what follows.
+    keep_pattern=False: for a forward no backward follows, the computed pattern is not kept
+    (cache.pattern None) unless a hook reads it, so the blocked core never writes the
+    (B,H,T,T) array; z is the same to the bit.
     -> out (B,T,D), cache. cache.pattern (B,H,T,T) is what the evaluators read."""
     xp = array_module(qk_input)
-    v = _hook_heads(hook, "hook_v", xp.ascontiguousarray(_project(v_input, W_V, b_V)))  # (B,H,T,E)
-    q = k = smear = None
-    replayed = pattern is not None
-    if replayed:
-        z = pattern @ v                                          # (B,H,T,E)
+    q = k = v = smear = None
+    replayed = pattern is not None or z is not None
+    if z is not None:   # replayed head outputs: nothing before them is made
+        pattern = None
     else:
-        q = _hook_heads(hook, "hook_q", xp.ascontiguousarray(_project(qk_input, W_Q, b_Q)))
-        k = xp.ascontiguousarray(_project(qk_input, W_K, b_K))   # (B,H,T,E)
-        if alpha is not None:
-            k, smear = smear_forward(k, alpha)
-        k = _hook_heads(hook, "hook_k", k)
-        pattern, z = _attend(q, k, v, hook)                      # (B,H,T,T), (B,H,T,E)
-    hooked = hook("hook_pattern", pattern)
-    if hooked is not pattern:   # a hook replaced the pattern: z follows it
-        pattern, z = hooked, hooked @ v
+        v = _hook_heads(hook, "hook_v", xp.ascontiguousarray(_project(v_input, W_V, b_V)))
+        if pattern is not None:
+            z = pattern @ v                                      # (B,H,T,E)
+        else:
+            q = _hook_heads(hook, "hook_q", xp.ascontiguousarray(_project(qk_input, W_Q, b_Q)))
+            k = xp.ascontiguousarray(_project(qk_input, W_K, b_K))   # (B,H,T,E)
+            if alpha is not None:
+                k, smear = smear_forward(k, alpha)
+            k = _hook_heads(hook, "hook_k", k)
+            pattern, z = _attend(q, k, v, hook, keep_pattern or hook.wants("hook_pattern"))
+    if pattern is not None:                                      # (B,H,T,T), z (B,H,T,E)
+        hooked = hook("hook_pattern", pattern)
+        if hooked is not pattern:   # a hook replaced the pattern: z follows it
+            pattern, z = hooked, hooked @ v
     mask = None if head_mask is None else _mask4(xp, head_mask, z.dtype)
     z_out = _hook_heads(hook, "hook_z", z if mask is None else z * mask)
     out = _output(z_out, W_O, b_O, hook)                         # (B,T,D)
@@ -143,13 +152,13 @@ def _hook_heads(hook, name, x):
     return x if hooked is shown else hooked.swapaxes(1, 2)
 
 
-def _attend(q, k, v, hook):
-    """q, k, v (B,H,T,E) -> pattern (B,H,T,T), z (B,H,T,E), through hook_attn_scores. The
-    scores are formed as an activation only when someone reads them (the blocked core never
-    holds them whole)."""
+def _attend(q, k, v, hook, keep_pattern=True):
+    """q, k, v (B,H,T,E) -> pattern (B,H,T,T) (None if not keep_pattern and the core can
+    spare it), z (B,H,T,E), through hook_attn_scores. The scores are formed as an activation
+    only when someone reads them (the blocked core never holds them whole)."""
     attend = attention_core(q)[0]
     if not hook.wants("hook_attn_scores"):
-        return attend(q, k, v)
+        return attend(q, k, v, keep_pattern=keep_pattern)
     T, E = q.shape[-2:]
     scores = (q @ k.swapaxes(-1, -2)) * E ** -0.5 + causal_mask(q, T)  # (B,H,T,T)
     hooked = hook("hook_attn_scores", scores)
@@ -195,6 +204,9 @@ def attention_backward(dout, cache, smear_backward=smear_backward):
         (dflat @ c.W_O.reshape(H * E, D).T).reshape(B, T, H, E).transpose(0, 2, 1, 3))
     if c.head_mask is not None:
         dz = dz * c.head_mask
+    if c.v is None:  # replayed head outputs are a constant: nothing flows to the inputs
+        grads["W_V"], grads["b_V"] = xp.zeros_like(c.W_V), xp.zeros((H, E), dtype=dout.dtype)
+        return None, xp.zeros_like(c.v_input), grads
     if c.replayed:  # a replayed pattern is a constant: nothing flows to the queries and keys
         dv = c.pattern.swapaxes(-1, -2) @ dz                     # (B,H,T,E)
         dv_input, grads["W_V"], grads["b_V"] = _project_backward(dv, c.v_input, c.W_V)
@@ -222,8 +234,9 @@ def attention_core(like):
     return attend_forward, attend_backward
 
 
-def attend_forward(q, k, v):
-    """q, k, v (...,T,E) -> pattern (...,T,T), z (...,T,E)."""
+def attend_forward(q, k, v, keep_pattern=True):
+    """q, k, v (...,T,E) -> pattern (...,T,T), z (...,T,E). keep_pattern is the blocked
+    core's option; the pattern is made whole here either way, so it is returned."""
     scores = q @ k.swapaxes(-1, -2)                               # (...,T,T)
     scores *= q.shape[-1] ** -0.5
     pattern = softmax_forward(scores)                             # in place
@@ -249,18 +262,20 @@ def _blocks(B, T, batch_chunk, query_block):
             yield slice(b0, b0 + batch_chunk), t0, min(t0 + query_block, T)
 
 
-def attend_forward_blocked(q, k, v, batch_chunk=4, query_block=64):
-    """Same as attend_forward for q, k, v (B,H,T,E), one block of query rows at a time."""
+def attend_forward_blocked(q, k, v, batch_chunk=4, query_block=64, keep_pattern=True):
+    """Same as attend_forward for q, k, v (B,H,T,E), one block of query rows at a time.
+    keep_pattern=False -> (None, the same z): each block's softmax is made in its scores'
+    own buffer, and the (B,H,T,T) pattern, 32 MB per layer at B=32, T=256, is never written."""
     xp = array_module(q)
     B, H, T, E = q.shape
-    pattern = xp.zeros((B, H, T, T), dtype=q.dtype)
+    pattern = xp.zeros((B, H, T, T), dtype=q.dtype) if keep_pattern else None
     z = xp.empty_like(q)
     q_scaled = q * E ** -0.5                                      # scale the small side once
     for b, t0, t1 in _blocks(B, T, batch_chunk, query_block):
         scores = q_scaled[b, :, t0:t1] @ k[b, :, :t1].swapaxes(-1, -2)   # (b,H,t1-t0,t1)
         scores[..., t0:] += causal_mask(q, t1 - t0)               # only the diagonal square
         scores -= scores.max(-1, keepdims=True)
-        rows = pattern[b, :, t0:t1, :t1]                          # a view: exp writes in place
+        rows = pattern[b, :, t0:t1, :t1] if keep_pattern else scores   # a view: exp writes in place
         xp.exp(scores, out=rows)
         rows *= 1.0 / rows.sum(-1, keepdims=True)
         z[b, :, t0:t1] = rows @ v[b, :, :t1]

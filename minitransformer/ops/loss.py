@@ -15,8 +15,15 @@ def _log_softmax_at_targets(logits, tokens):
 
 
 def per_token_cross_entropy(logits, tokens):
-    """logits (B,T,V), tokens (B,T) -> loss of predicting each next token (B,T-1)."""
-    return _log_softmax_at_targets(logits, tokens)[0]
+    """logits (B,T,V), tokens (B,T) -> loss of predicting each next token (B,T-1).
+    The numbers of _log_softmax_at_targets's losses, to the bit (tests/test_lean_forward.py),
+    without its probabilities: a loss alone needs one (B,T-1,V) array, not three."""
+    xp = array_module(logits)
+    pred = logits[:, :-1]                                         # (B,T-1,V)
+    shifted = pred - pred.max(-1, keepdims=True)
+    picked = xp.take_along_axis(shifted, tokens[:, 1:, None], axis=-1)[..., 0]
+    total = xp.exp(shifted, out=shifted).sum(-1)                  # (B,T-1)
+    return xp.log(total) - picked
 
 
 def cross_entropy_forward(logits, tokens):

@@ -1,6 +1,8 @@
 """The MLP block: W_in, activation, W_out."""
 import math
 
+import numpy as np
+
 from ..backend import array_module
 from ..hooks import NO_HOOKS
 from .linear import linear_forward, linear_backward
@@ -56,6 +58,18 @@ def mlp_forward(x, W_in, b_in, W_out, b_out, act_fn="gelu_new", hook=NO_HOOKS):
     post = hook("hook_post", post)                         # (B,T,M)
     out, out_cache = linear_forward(post, W_out, b_out)    # (B,T,D)
     return out, (in_cache, act_cache, out_cache, act_fn, pre, post)
+
+
+def mlp_forward_by_sequence(x, W_in, b_in, W_out, b_out, act_fn="gelu_new"):
+    """mlp_forward's out for a forward no backward follows (NumPy), one sequence at a time,
+    without a cache: x (B,T,D) -> out (B,T,D). NumPy multiplies (B,T,D) @ (D,M) as B products
+    (T,D) @ (D,M), so these are the same products and the same numbers, to the bit
+    (tests/test_lean_forward.py); a sequence's (T,M) hidden activations stay in the CPU's
+    cache for the activation's passes instead of going out to memory and back, ~1.5x faster."""
+    out = np.empty(x.shape[:-1] + W_out.shape[-1:], dtype=np.result_type(x, W_in, W_out))
+    for i in range(len(x)):
+        out[i:i + 1] = mlp_forward(x[i:i + 1], W_in, b_in, W_out, b_out, act_fn)[0]
+    return out
 
 
 def mlp_backward(dout, cache):
