@@ -250,5 +250,9 @@ def test_a_closed_view_is_drawn_when_opened(driver, built):
     from selenium.webdriver.common.by import By
     view = open_view(driver, built.markup, n=1)
     assert view.get_attribute("data-built") is None and query_tokens(view) == []
+    from selenium.webdriver.support.ui import WebDriverWait
     view.find_element(By.TAG_NAME, "summary").click()
+    # the page draws on <details>' toggle event, which the browser fires after the click
+    # returns: wait for it (up to 10 s) instead of racing it
+    WebDriverWait(driver, 10).until(lambda _: view.get_attribute("data-built") is not None)
     assert view.get_attribute("data-built") == "1" and len(query_tokens(view)) == len(MARKUP.encode()) + 1
