@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))   # the code beside it
 from circuits.ablation import ablation_losses  # noqa: E402
-from circuits.threads import blas_threads  # noqa: E402
+from minitransformer.cpu import blas_threads  # noqa: E402
 from experiments.losses import BATCH, per_token_losses  # noqa: E402
 from minitransformer import Model  # noqa: E402
 from minitransformer.ops.loss import _log_softmax_at_targets  # noqa: E402

@@ -34,7 +34,7 @@ from .ablation import ablation_losses, icl_change, icl_score
 from .cli import (column, format_table, head_rows, pyplot, run_parser,
                   save_figure, selected_steps, snapshots, text, value)
 from .scores import CLASS_RULE
-from .threads import blas_threads
+from minitransformer.cpu import blas_threads
 
 FIELDS = ["step", "tokens", "layer", "head", "prefix_matching_score", "copying_score",
           "previous_token_score", "class"]

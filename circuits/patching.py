@@ -39,7 +39,7 @@ from minitransformer.io import atomic_write, error, os_error, output_file
 from minitransformer.runs import Run
 
 from .cli import run_parser
-from .threads import blas_threads
+from minitransformer.cpu import blas_threads
 
 HEAD_HOOKS = ("hook_z", "hook_result")                 # (B,T,H,E), (B,T,H,D): head axis 2
 RESID_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")

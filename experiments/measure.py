@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits import HeadScores, ablation_losses, icl_change, icl_score
-from circuits.threads import blas_threads
+from minitransformer.cpu import blas_threads
 from minitransformer.backend import add_device_argument
 from minitransformer.io import error
 from minitransformer.runs import Run, read_npz, run_file, save_npz

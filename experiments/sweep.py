@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
-from circuits.threads import blas_threads
+from minitransformer.cpu import blas_threads
 from minitransformer.presets import apply_overrides, preset
 from minitransformer.runs import Run, run_file, run_lock
 from minitransformer.train import train
@@ -39,7 +39,8 @@ class Job:
         return apply_overrides(model, train_config, list(self.overrides))
 
 
-SNAPSHOTS = ("snapshots=50",)
+# 50 snapshots, and a job's step on one thread: two jobs side by side use 2 cores best
+SNAPSHOTS = ("snapshots=50", "threads=1")
 
 
 def default_jobs():
@@ -56,7 +57,7 @@ def default_jobs():
 
 
 # the synthetic task wants the strong-position, 2-head recipe (docs/phase-change-search.md)
-SMALL = ("n_ctx=64", "batch_size=16", "corpus=synthetic:repeated", "synthetic_fraction=0",
+SMALL = ("threads=1", "n_ctx=64", "batch_size=16", "corpus=synthetic:repeated", "synthetic_fraction=0",
          "total_tokens=6e5", "n_eval=64", "snapshots=20", "n_heads=2", "d_head=64",
          "pos_scale=1.0", "lr=5e-3")
 

@@ -12,6 +12,7 @@ from .backend import array_module, resolve_device, to_floats, to_numpy
 from .config import ModelConfig
 from .hooks import HookPoints
 from .params import check_params, init_params
+from .cpu import keep_freed_memory, resolve_threads, sharded
 
 ATTENTION_HOOKS = ("hook_v", "hook_q", "hook_k", "hook_attn_scores", "hook_pattern", "hook_z",
                    "hook_result")   # in the order attention_forward reaches them
@@ -60,6 +61,8 @@ class Model:
         self.config = ModelConfig.from_dict(config)
         self.smear = (ops.smear_forward, ops.smear_backward) if smear is None else tuple(smear)
         self.xp = resolve_device(device)
+        if self.xp is np:
+            keep_freed_memory()   # arrays of megabytes made and freed each step (cpu.py)
         self.dtype = np.dtype(dtype)
         host = init_params(self.config, seed, self.dtype) if params is None else params
         check_params(self.config, host)
@@ -104,17 +107,31 @@ class Model:
                                   keep_cache=False, **interventions)
         return to_numpy(ops.per_token_cross_entropy(logits, tokens))
 
-    def loss_and_grads(self, tokens, device_loss=False, **interventions):
+    def loss_and_grads(self, tokens, device_loss=False, threads=1, **interventions):
         """Next-token loss averaged over the B*(T-1) predictions -> (loss float, grads dict
         keyed like params, arrays on the model's device). device_loss: the loss as a 0-d
         array on the device instead, so that nothing waits for the device (the training
         loop reads it later). hooks= may read activations; a hook that returns a
-        replacement is a ValueError (the backward ignores hooks)."""
+        replacement is a ValueError (the backward ignores hooks).
+        threads: on NumPy, split the batch across this many threads (0: every core), the
+        same loss and gradients up to float rounding (minitransformer.cpu); for the
+        plain loss only, and a GPU never splits it."""
         tokens = self.tokens(tokens)
         B, T = tokens.shape
         if B == 0 or T < 2:
             raise ValueError(f"tokens: shape {(B, T)}; a loss needs at least one sequence of at "
                              f"least 2 tokens (each predicts the next)")
+        if threads != 1 and self.xp is np:
+            if interventions:
+                raise ValueError(f"threads={threads}: splits the plain loss only; with "
+                                 f"{', '.join(interventions)} use threads=1")
+            shards = resolve_threads(threads, B)
+            if shards > 1:
+                return sharded(lambda part: self._loss_and_grads(part, device_loss), tokens,
+                               shards)
+        return self._loss_and_grads(tokens, device_loss, **interventions)
+
+    def _loss_and_grads(self, tokens, device_loss, **interventions):
         logits, cache = self._forward(tokens, **interventions)
         loss, loss_cache = ops.cross_entropy_forward(logits, cache.tokens)
         grads = self.backward(ops.cross_entropy_backward(1.0, loss_cache), cache)

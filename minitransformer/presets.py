@@ -13,7 +13,8 @@ from dataclasses import asdict, dataclass, fields
 
 from .config import ModelConfig
 
-INT_FIELDS = ("batch_size", "total_tokens", "warmup_steps", "seed", "eval_seed", "n_eval", "snapshots")
+INT_FIELDS = ("batch_size", "total_tokens", "warmup_steps", "seed", "eval_seed", "n_eval", "snapshots",
+              "threads")
 FLOAT_FIELDS = ("repeat_fraction", "synthetic_fraction", "lr", "weight_decay", "beta1", "beta2",
                 "grad_clip")
 
@@ -39,6 +40,9 @@ class TrainConfig:
     snapshots: int = 200
     snapshot_spacing: str = "linear"  # or "log"
     device: str = "cpu"
+    threads: int = 0                  # CPU threads a step's batch is split across; 0: every core
+    #   (like device, how the numbers are computed, not which: the same up to float rounding;
+    #   the run stores the count used, and --resume uses its own call's)
 
     def __post_init__(self):
         for name in INT_FIELDS + FLOAT_FIELDS:   # typed first, so the checks below compare numbers
@@ -60,7 +64,7 @@ class TrainConfig:
                   "beta2": 0 <= self.beta2 < 1, "grad_clip": self.grad_clip > 0,
                   "n_eval": self.n_eval >= 1, "snapshots": self.snapshots >= 2,
                   "snapshot_spacing": self.snapshot_spacing in ("linear", "log"),
-                  "device": self.device in ("cpu", "gpu", "auto")}
+                  "device": self.device in ("cpu", "gpu", "auto"), "threads": self.threads >= 0}
         for name, ok in checks.items():
             if not ok:
                 raise ValueError(f"{name}: invalid value {getattr(self, name)!r}")

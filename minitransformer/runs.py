@@ -151,12 +151,13 @@ class Run:
             return _weights(archive, self.config, "param.")
 
     def differing_settings(self, model_config, train_config):
-        """The settings (model and training, but the device) in which the given ones differ
-        from this run's: ['key (stored X, given Y)', ...]."""
+        """The settings (model and training, but the device and threads: how, not what, is
+        computed) in which the given ones differ from this run's: ['key (stored X, given
+        Y)', ...]."""
         given = {**ModelConfig.from_dict(model_config).to_dict(), **as_train_config(train_config).to_dict()}
         stored = {**self.config.to_dict(), **self.train_config}
         return [f"{k} (stored {stored[k]!r}, given {given[k]!r})" for k in stored
-                if k != "device" and stored[k] != given[k]]
+                if k not in ("device", "threads") and stored[k] != given[k]]
 
     def model(self, step=None, device=None, dtype=np.float32):
         """The Model of the latest weights (step None) or of snapshot `step`, on `device`

@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import sys
 import time
+from dataclasses import replace
 
 import numpy as np
 
@@ -23,6 +24,7 @@ from .model import Model
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .presets import PRESETS, apply_overrides, preset
 from .params import param_shapes
+from .cpu import resolve_threads
 from .runs import (LOG_KEYS, Run, as_train_config, existing_run, run_arrays, run_file, run_lock, save_npz,
                    save_snapshot, snapshot_file)
 
@@ -164,11 +166,12 @@ def _stored_run(out, cfg, tc, corpus, resume, force):
     return run
 
 
-def train_step(model, optimizer, tokens, lr, grad_clip, frozen=()):
+def train_step(model, optimizer, tokens, lr, grad_clip, frozen=(), threads=1):
     """One training step: loss and gradients, global-norm clipping, AdamW -> (loss, gradient
     norm before clipping), 0-d arrays on the model's device. Nothing in it reads the device
-    back (a GPU runs the step while the host queues it); frozen: names not to update."""
-    loss, grads = model.loss_and_grads(tokens, device_loss=True)
+    back (a GPU runs the step while the host queues it); frozen: names not to update;
+    threads: the batch split across CPU threads (Model.loss_and_grads)."""
+    loss, grads = model.loss_and_grads(tokens, device_loss=True, threads=threads)
     for name in frozen:
         grads.pop(name, None)
     grad_norm = clip_grad_norm(grads, grad_clip)
@@ -221,6 +224,8 @@ def _train(out, cfg, tc, corpus, run, progress, smear):
         eval_tokens = eval_set(corpus, tc.n_eval, cfg.n_ctx, tc.eval_seed)
         token_counts = corpus.token_counts(cfg.d_vocab)
     frozen = set() if cfg.pos_trainable else {"pos_embed.W_pos"}
+    # the threads this machine gives the step, stored as used (a GPU step is never split)
+    tc = replace(tc, threads=resolve_threads(tc.threads, tc.batch_size) if model.xp is np else 1)
     if progress:
         print(f"{out}: {describe(corpus)}; {total_steps} steps of {tokens_per_step} tokens, "
               f"{len(schedule)} snapshots", file=sys.stderr)
@@ -252,7 +257,8 @@ def _train(out, cfg, tc, corpus, run, progress, smear):
         if tc.synthetic_fraction:
             random_repeat_windows(tokens, tc.synthetic_fraction, rng, d_vocab=cfg.d_vocab)
         lr = learning_rate(step, tc.lr, tc.warmup_steps, total_steps, tc.schedule)
-        loss, grad_norm = to_floats(*train_step(model, optimizer, tokens, lr, tc.grad_clip, frozen))
+        loss, grad_norm = to_floats(*train_step(model, optimizer, tokens, lr, tc.grad_clip, frozen,
+                                                         tc.threads))
         step += 1
         for key, value in zip(LOG_KEYS, (step, step * tokens_per_step, loss, lr, grad_norm,
                                     time.time() - start)):

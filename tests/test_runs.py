@@ -51,7 +51,7 @@ def test_same_eval_set_for_every_run_of_the_same_seed(tiny_run, tmp_path):
 
 def _command(out, *extra):
     return [sys.executable, "-m", "minitransformer.train", "--preset", "tiny", "--out", str(out),
-            "--quiet", "total_tokens=120000", "snapshots=12", *extra]
+            "--quiet", "total_tokens=120000", "snapshots=12", "threads=2", *extra]   # the split step
 
 
 # Where the kill test kills a run (tiny, total_tokens=120000: 469 steps, snapshots at

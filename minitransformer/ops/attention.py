@@ -278,7 +278,7 @@ def attend_forward_blocked(q, k, v, batch_chunk=4, query_block=64, keep_pattern=
         rows = pattern[b, :, t0:t1, :t1] if keep_pattern else scores   # a view: exp writes in place
         xp.exp(scores, out=rows)
         rows *= 1.0 / rows.sum(-1, keepdims=True)
-        z[b, :, t0:t1] = rows @ v[b, :, :t1]
+        xp.matmul(rows, v[b, :, :t1], out=z[b, :, t0:t1])
     return pattern, z
 
 
@@ -287,14 +287,15 @@ def attend_backward_blocked(dz, q, k, v, pattern, z, batch_chunk=4, query_block=
     xp = array_module(q)
     B, H, T, E = q.shape
     dq, dk, dv = xp.empty_like(q), xp.zeros_like(k), xp.zeros_like(v)
+    rowdot = (dz * z).sum(-1, keepdims=True)      # sum_j dp_ij p_ij = dz_i . z_i, (B,H,T,1)
     for b, t0, t1 in _blocks(B, T, batch_chunk, query_block):
         p = pattern[b, :, t0:t1, :t1]                              # (b,H,t1-t0,t1)
         dz_rows = dz[b, :, t0:t1]
         dv[b, :, :t1] += p.swapaxes(-1, -2) @ dz_rows
         dscores = dz_rows @ v[b, :, :t1].swapaxes(-1, -2)
-        dscores -= (dz_rows * z[b, :, t0:t1]).sum(-1, keepdims=True)
+        dscores -= rowdot[b, :, t0:t1]
         dscores *= p
-        dq[b, :, t0:t1] = dscores @ k[b, :, :t1]
+        xp.matmul(dscores, k[b, :, :t1], out=dq[b, :, t0:t1])
         dk[b, :, :t1] += dscores.swapaxes(-1, -2) @ q[b, :, t0:t1]
     dq *= E ** -0.5
     dk *= E ** -0.5
