@@ -55,9 +55,15 @@ def _json(archive, key, kind=dict):
     return value
 
 
+# fields added to a config after runs were written without them: the value that says what
+# those runs did (threads: they ran the step as one call)
+ADDED_FIELDS = {"TrainConfig": {"threads": 1}}
+
+
 def _config(archive, key, cls):
-    """A config dataclass from a JSON member that must name every field."""
-    values = _json(archive, key)
+    """A config dataclass from a JSON member that must name every field (but those added
+    since, ADDED_FIELDS)."""
+    values = {**ADDED_FIELDS.get(cls.__name__, {}), **_json(archive, key)}
     names = [f.name for f in fields(cls)]
     unknown, missing = sorted(set(values) - set(names)), [n for n in names if n not in values]
     if unknown or missing:

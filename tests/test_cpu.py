@@ -112,3 +112,23 @@ def test_a_run_stores_the_threads_it_used_and_other_threads_may_resume_it(tmp_pa
     run = train(tmp_path / "two", model, dict(settings_, threads=2), progress=False)
     assert Run(run.dir).train_config["threads"] == 2
     assert run.differing_settings(model, dict(settings_, threads=1)) == []   # how, not what
+
+
+def test_a_run_written_before_threads_existed_loads_as_one_thread(tmp_path):
+    import json
+    from minitransformer.npz import save_npz
+    from minitransformer.presets import preset
+    from minitransformer.runs import Run, read_npz, run_file
+    from minitransformer.train import train
+    model, settings_ = preset("tiny")
+    run = train(tmp_path / "old", model, dict(settings_, total_tokens=4000, snapshots=2,
+                                               threads=2), progress=False)
+    arrays = read_npz(run_file(run.dir))
+    old = json.loads(str(arrays["train_config"]))
+    del old["threads"]
+    save_npz(run_file(run.dir), dict(arrays, train_config=np.array(json.dumps(old))))
+    assert Run(run.dir).train_config["threads"] == 1
+    # and an unknown field is still refused by name
+    save_npz(run_file(run.dir), dict(arrays, train_config=np.array(json.dumps(dict(old, x=1)))))
+    with pytest.raises(ValueError, match="has unknown field 'x'"):
+        Run(run.dir)
