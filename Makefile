@@ -54,10 +54,12 @@ train-2l-mixed: install
 # ---- the Model Analysis Table (experiments/README in the main README) --------------------------
 # Jobs resume: an interrupted sweep started again skips what is done. SCHEDULER=tcp://HOST:8786
 # sends the jobs to a Dask cluster whose workers share this folder. The screenshot needs Chromium.
-SWEEP_FLAGS = $(if $(SCHEDULER),--scheduler $(SCHEDULER))
+# DEVICE=gpu trains and measures on CuPy (one GPU: add WORKERS=1).
+DEVICE ?= cpu
+SWEEP_FLAGS = --device $(DEVICE) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(WORKERS),--workers $(WORKERS))
 define reproduce
 	$(PYTHON) -m experiments.sweep $(1) $(SWEEP_FLAGS)
-	$(PYTHON) -m experiments.report $(1)
+	$(PYTHON) -m experiments.report $(1) --device $(DEVICE)
 	-@$(PYTHON) -c "from experiments.screenshot import find_chromium as f; exit(f() is None)" && \
 		$(PYTHON) -m experiments.screenshot $(2)/index.html || \
 		echo "(no Chromium: skipped the screenshot check; apt-get install chromium)"

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 
+from minitransformer.backend import add_device_argument
 from minitransformer.io import atomic_write_text, cannot_write, error, output_file
 from minitransformer.runs import Run
 
@@ -28,16 +29,17 @@ FAMILY_TITLES = {"attn-only": "Attention-only models, 1-6 layers",
                  "template": "Template corpus (Argument 4)"}
 
 
-def load(root, jobs, log=print, measure=True):
+def load(root, jobs, log=print, measure=True, device="cpu"):
     """-> ({name: table.ModelAnalysis}, [names of jobs without a finished run]). measure=False: leave
-    out runs not measured yet instead of measuring them (a sweep may be doing it now)."""
+    out runs not measured yet instead of measuring them (a sweep may be doing it now);
+    device: where the models that measure and draw compute."""
     models, missing = {}, []
     for job in jobs:
         path = pathlib.Path(root) / job.name
         if not finished(path, *job.configs()):
             missing.append(job.name)
             continue
-        run = Run(path)
+        run = Run(path, device)
         m = measure_run(run, log=log) if measure else cached_measurements(run)
         if m is None:
             missing.append(job.name)
@@ -132,11 +134,11 @@ def summary_table(models):
     return "<table>" + head + "".join(rows) + "</table>"
 
 
-def build(root, jobs, out, log=print, colour="class", measure=True):
+def build(root, jobs, out, log=print, colour="class", measure=True, device="cpu"):
     """Write out/index.html and out/figures/*.png -> (path, summary lines, acceptance)."""
     out = pathlib.Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    models, missing = load(root, jobs, log, measure)
+    models, missing = load(root, jobs, log, measure, device)
     body = ["<h1>In-context learning and induction heads: the Model Analysis Table</h1>",
             f"<p>Runs from <code>{html.escape(str(root))}</code>. Every figure's x axis is training "
             "tokens; the orange band is the phase-change window found from the derivative of "
@@ -239,6 +241,7 @@ def main(argv=None):
                         help="colour heads by class (induction, previous-token, other) or by layer")
     parser.add_argument("--cached-only", action="store_true",
                         help="leave out runs not measured yet (while a sweep is running)")
+    add_device_argument(parser)
     args = parser.parse_args(argv)
     root = pathlib.Path(args.root) if args.root else default_root(args.small)
     out = pathlib.Path(args.out or ("report-small" if args.small else "report"))
@@ -248,7 +251,8 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         output_file(out / "index.html", "--out", suffix=".html")
         path, lines, checks = build(root, small_jobs() if args.small else default_jobs(), out,
-                                    colour=args.colour, measure=not args.cached_only)
+                                    colour=args.colour, measure=not args.cached_only,
+                                    device=args.device)
     except ValueError as e:
         return error(e)
     except OSError as e:

@@ -19,6 +19,7 @@ import sys
 import time
 from dataclasses import dataclass
 
+from minitransformer.backend import add_device_argument
 from minitransformer.cpu import blas_threads
 from minitransformer.presets import apply_overrides, preset
 from minitransformer.runs import Run, run_file, run_lock
@@ -87,12 +88,15 @@ def finished(out, model, train_config):
     return int(run.data["state.tokens"]) >= train_config["total_tokens"]
 
 
-def run_job(job, root, measure=True, progress=True):
-    """Train (or resume, or skip) one job's model, then measure it -> a short status line."""
+def run_job(job, root, measure=True, progress=True, device="cpu"):
+    """Train (or resume, or skip) one job's model, then measure it, on `device` (cpu, gpu,
+    auto; not a setting of the run: a run trained on one may be measured on another) -> a
+    short status line."""
     start = time.time()
     out = pathlib.Path(root) / job.name
     with run_lock(out, log=lambda line: print(line, flush=True)), blas_threads(1):
         model, train_config = job.configs()
+        train_config["device"] = device
         trained = "finished run kept"
         if not finished(out, model, train_config):
             train(out, model, train_config, resume=run_file(out).exists(), progress=progress)
@@ -100,7 +104,7 @@ def run_job(job, root, measure=True, progress=True):
         measured = ""
         if measure:
             from experiments.measure import measure_run   # imported in the worker process
-            measure_run(Run(out), log=lambda line: print(line, flush=True))
+            measure_run(Run(out, device), log=lambda line: print(line, flush=True))
             measured = ", measured"
     return f"{out}: {trained}{measured} in {time.time() - start:.0f} s"
 
@@ -114,10 +118,11 @@ def order(jobs):
     return sorted(jobs, key=cost, reverse=True)
 
 
-def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print):
+def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print, device="cpu"):
     """Every job, in a local process pool (one BLAS thread each) or on the Dask cluster at
-    `scheduler` ('tcp://host:port', or a distributed.Client / LocalCluster). Returns the
-    status lines; a failed job is reported and the others go on (raised at the end)."""
+    `scheduler` ('tcp://host:port', or a distributed.Client / LocalCluster), on `device`.
+    Returns the status lines; a failed job is reported and the others go on (raised at
+    the end)."""
     pathlib.Path(root).mkdir(parents=True, exist_ok=True)
     jobs, failures, lines = order(jobs), [], []
     if scheduler is None:
@@ -125,7 +130,8 @@ def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print):
         pool = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"))
         with pool:
-            futures = {pool.submit(run_job, job, str(root), measure): job for job in jobs}
+            futures = {pool.submit(run_job, job, str(root), measure, True, device): job
+                       for job in jobs}
             for future in concurrent.futures.as_completed(futures):
                 _collect(future, futures[future], lines, failures, log)
     else:
@@ -133,7 +139,7 @@ def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print):
         client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
         try:
             futures = {client.submit(run_job, job, str(pathlib.Path(root).resolve()), measure,
-                                     key=f"sweep-{job.name}-{time.time_ns()}", pure=False): job
+                                     True, device, key=f"sweep-{job.name}-{time.time_ns()}", pure=False): job
                        for job in jobs}
             for future in as_completed(list(futures)):
                 _collect(future, futures[future], lines, failures, log)
@@ -162,6 +168,7 @@ def build_parser():
     parser.add_argument("--scheduler", help="a Dask scheduler address, tcp://HOST:PORT")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="just these models")
     parser.add_argument("--train-only", action="store_true", help="train, do not measure")
+    add_device_argument(parser)
     return parser
 
 
@@ -189,7 +196,8 @@ def main(argv=None):
         jobs = jobs_for(args)
         root = pathlib.Path(args.root) if args.root else default_root(args.small)
         print(f"{len(jobs)} jobs into {root} ({'Dask ' + args.scheduler if args.scheduler else f'{args.workers} local processes'})")
-        run_sweep(jobs, root, args.workers, args.scheduler, measure=not args.train_only)
+        run_sweep(jobs, root, args.workers, args.scheduler, measure=not args.train_only,
+                  device=args.device)
     except (ValueError, RuntimeError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -318,3 +318,22 @@ def test_clipping_and_adamw_on_the_gpu_match_numpy(gpu):
         for moment in ("m.", "v."):
             assert_allclose(to_numpy(opt_gpu.state[moment + name]), opt_cpu.state[moment + name],
                             rtol=1e-5, atol=1e-12, err_msg=moment + name)
+
+
+def test_sweep_job_and_report_with_device_gpu(gpu, tmp_path):
+    """A sweep job trained and measured with device gpu, and the report's loading of it,
+    compute on the GPU and give the CPU's table row within float32 tolerance."""
+    from experiments import report, sweep
+    job = sweep.Job("tiny", "tiny", ("total_tokens=12800", "snapshots=5"), "attn-only")
+    rows = {}
+    for device in ("cpu", "gpu"):
+        root = tmp_path / device
+        with fake_cupy.counting() as counts:
+            sweep.run_job(job, root, measure=False, progress=False, device=device)
+            models, missing = report.load(root, [job], log=None, device=device)
+        assert missing == [] and Run(root / "tiny").train_config["device"] == device
+        assert_models_on(gpu, device, counts)
+        rows[device] = models["tiny"]
+    assert_allclose(rows["gpu"].icl, rows["cpu"].icl, rtol=1e-3, atol=1e-3)
+    assert_allclose(rows["gpu"].eval_loss, rows["cpu"].eval_loss, rtol=1e-3)
+    assert sweep.build_parser().parse_args(["--device", "gpu"]).device == "gpu"
