@@ -241,6 +241,8 @@ def main(argv=None):
                         help="colour heads by class (induction, previous-token, other) or by layer")
     parser.add_argument("--cached-only", action="store_true",
                         help="leave out runs not measured yet (while a sweep is running)")
+    parser.add_argument("--markdown", action="store_true",
+                        help="also print the summary as a Markdown table")
     add_device_argument(parser)
     args = parser.parse_args(argv)
     root = pathlib.Path(args.root) if args.root else default_root(args.small)
@@ -258,6 +260,9 @@ def main(argv=None):
     except OSError as e:
         return cannot_write("--out", out, e)
     print("\n".join(lines))
+    if args.markdown:   # from the measurements build just cached
+        jobs = small_jobs() if args.small else default_jobs()
+        print(table.markdown_table(load(root, jobs, None, False, args.device)[0].values()))
     for statement, measured, ok in checks:
         print(f"[{'holds' if ok else 'DOES NOT HOLD'}] {statement}: {measured}")
     print(f"report: {path}")

@@ -86,6 +86,23 @@ def summary_line(model):
             f"{', '.join(model.induction_heads) or 'none'}; ICL removed by ablating {shares}")
 
 
+def markdown_table(models):
+    """The summary as a Markdown table (what the README shows): one row per model."""
+    rows = ["| model | phase-change window | ICL before -> after | final ICL | loss bump | "
+            "prefix onset | induction heads | ICL removed by ablating induction heads / all others |",
+            "|---|---|---|---|---|---|---|---|"]
+    for m in models:
+        w = m.window
+        share = lambda key: "-" if np.isnan(m.shares.get(key, np.nan)) else f"{m.shares[key]:.0%}"
+        rows.append(" | ".join([
+            f"| {m.name}", f"{w[0] / 1e6:.2f}M-{w[1] / 1e6:.2f}M" if w else "none",
+            f"{m.icl_before:+.3f} -> {m.icl_after:+.3f}" if w else "-", f"{m.icl[-1]:+.3f}",
+            f"{m.bump:.3f}" if w else "-", f"{m.onset[0] / 1e6:.2f}M" if m.onset else "none",
+            ", ".join(m.induction_heads) or "none",
+            f"{share('induction heads')} / {share('all other heads')} |"]))
+    return "\n".join(rows)
+
+
 def joint_pca(models, k=2):
     """PCA of the random-token loss vectors of every snapshot of every model, fitted jointly
     -> ({name: (S, k) coordinates}, explained variance ratios (k,))."""

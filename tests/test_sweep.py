@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from circuits import ablation_losses, icl_change
-from experiments import measure, report, sweep
+from experiments import measure, report, sweep, table
 from experiments.screenshot import check_images
 from minitransformer.io import KILL_AT
 from minitransformer.runs import Run, run_file
@@ -165,3 +165,17 @@ def test_sweep_cli_names_a_bad_model_in_one_line():
     result = subprocess.run([sys.executable, "-m", "experiments.sweep", "--only", "nope"],
                             capture_output=True, text=True)
     assert result.returncode == 2 and result.stderr.count("\n") == 1 and "nope" in result.stderr
+
+
+def test_markdown_table_has_a_row_per_model_with_its_measured_numbers(swept):
+    root, _ = swept
+    models, missing = report.load(root, JOBS, log=None, measure=True)
+    text = table.markdown_table(models.values())
+    rows = text.splitlines()
+    assert len(rows) == 2 + len(models) and missing == []
+    for row, m in zip(rows[2:], models.values()):
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert len(cells) == 8 and cells[0] == m.name
+        assert cells[3] == f"{m.icl[-1]:+.3f}"
+        assert cells[6] == (", ".join(m.induction_heads) or "none")
+        assert (cells[1] == "none") == (m.window is None)
