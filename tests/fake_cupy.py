@@ -5,11 +5,20 @@ engine then resolves device="gpu" to it exactly as it resolves the real CuPy.
 What it imitates, so that code passing here does not fail on CuPy for these reasons:
 - its own array type, `ndarray`, not a NumPy subclass; `type(a).__module__` is "cupy", as
   CuPy's is. Implicit conversion to the host is a TypeError, as in CuPy: np.asarray(a),
-  a.__array__(), a NumPy ufunc or function given a device array. A NumPy array as an
-  operand, an index or a value to assign is a TypeError too ("Unsupported type", as CuPy
-  says); Python and NumPy scalars are fine.
-- only names CuPy has: the module and the array type hold a whitelist (below), anything
-  else is an AttributeError, so our code cannot lean on a NumPy-only function.
+  a.__array__(). A NumPy array as a kernel's operand is a TypeError too ("Unsupported
+  type", as CuPy says); Python and NumPy scalars are fine. Assigning a NumPy array through
+  a basic index is CuPy's ValueError ("non-scalar numpy.ndarray cannot be used for fill").
+- stricter than CuPy, on purpose (code passing here names its array module and its
+  uploads): a NumPy ufunc or function given a device array is a TypeError here, where CuPy
+  dispatches it to itself and returns a device array (NEP 13/18, docs.cupy.dev user guide
+  "Interoperability"); a NumPy array or a list as an index, or as a value assigned through
+  an index array, is a TypeError here, where CuPy quietly uploads it.
+- only names CuPy has: the module and the array type hold a whitelist (below), a subset of
+  CuPy's; anything else is an AttributeError (so also cupy.linalg, cupy.random, cupy.fuse,
+  ndarray.put, ufunc.reduceat, which CuPy has), so our code cannot lean on a NumPy-only
+  function. Signatures and refusals follow CuPy 13's where we use them: ndarray.clip(min,
+  max), ndarray.set (same shape and dtype), where (both x and y or neither), ufunc.at
+  (CuPy's atomic scatter ops and their dtypes).
 - explicit transfers: cupy.asnumpy(a), a.get(), a.item(), a.tolist(), float/int/bool(a)
   of a one-element array (an `if a:` too), repr/format, boolean-mask indexing (it must
   learn the result's size), cuda.Device().synchronize() each count one host sync; an
@@ -162,9 +171,15 @@ class ndarray:
         return format(self._a[()] if self.ndim == 0 else self._a, spec)
 
     def set(self, host):
-        """Copy a host array into this one (an upload)."""
+        """Copy a host array of this one's shape and dtype into it (an upload), as CuPy's."""
         if not isinstance(host, np.ndarray):
-            raise TypeError(f"Unsupported type {type(host)}")
+            raise TypeError("Only numpy.ndarray can be set to cupy.ndarray")
+        if host.dtype != self.dtype:
+            raise TypeError(f"{host.dtype} array cannot be set to {self.dtype} array")
+        if host.shape != self.shape:
+            raise ValueError(f"Shape mismatch. Old shape: {self.shape}, new shape: {host.shape}")
+        if not (self.flags.c_contiguous or self.flags.f_contiguous):
+            raise RuntimeError("Cannot set to non-contiguous array")
         COUNTS.uploads += 1
         self._a[...] = host
 
@@ -195,7 +210,9 @@ class ndarray:
         return _new(self._a[raw])
 
     def __setitem__(self, key, value):
-        raw, _ = _index(key)
+        raw, gathers = _index(key)
+        if not gathers and isinstance(value, np.ndarray) and value.ndim:
+            raise ValueError("non-scalar numpy.ndarray cannot be used for fill")   # CuPy's words
         COUNTS.launch("setitem")
         self._a[raw] = _operand(value)
 
@@ -218,8 +235,8 @@ class ndarray:
     def dot(self, other):
         return _kernel("dot", np.dot, self, other)
 
-    def clip(self, a_min=None, a_max=None, out=None):
-        return _kernel("clip", np.clip, self, a_min, a_max, out=out)
+    def clip(self, min=None, max=None, out=None):   # CuPy's (and NumPy's) keyword names
+        return _kernel("clip", np.clip, self, min, max, out=out)
 
     def nonzero(self):
         COUNTS.sync("nonzero()")
@@ -321,6 +338,13 @@ def _kernel(name, fn, *args, out=None, **kwargs):
 
 # ---- the module's functions -------------------------------------------------------------
 
+# the dtypes CuPy's atomic scatter kernels take (cupy/_core/_routines_indexing.pyx,
+# _scatter_op_single); subtract.at's are not checked here
+_AT_DTYPES = {"add": "int32 uint32 uint64 float16 float32 float64",
+              "maximum": "int32 uint32 uint64 float32 float64",
+              "minimum": "int32 uint32 uint64 float32 float64"}
+
+
 class ufunc:
     """An elementwise kernel; .at only for the scatter ops CuPy has (add, subtract, max, min)."""
 
@@ -336,6 +360,9 @@ class ufunc:
         if self.__name__ not in ("add", "subtract", "maximum", "minimum"):
             raise NotImplementedError(f"fake cupy: {self.__name__}.at (CuPy's scatter ops are "
                                       f"add, subtract, maximum, minimum)")
+        if a.dtype.name not in _AT_DTYPES.get(self.__name__, a.dtype.name).split():
+            raise TypeError(f"{self.__name__}.at: CuPy's scatter kernel does not take {a.dtype} "
+                            f"(only {_AT_DTYPES[self.__name__]})")
         raw, _ = _index(indices)
         COUNTS.launch(self.__name__ + ".at")
         self._fn.at(a._a, raw[:-1] if raw[-1] is Ellipsis else raw, _operand(b))
@@ -415,7 +442,9 @@ def _device(a):
 
 
 def where(condition, x=None, y=None):
-    if x is None and y is None:
+    if (x is None) != (y is None):
+        raise ValueError("Must provide both 'x' and 'y' or neither.")   # CuPy's words
+    if x is None:
         return condition.nonzero()
     return _kernel("where", np.where, condition, x, y)
 

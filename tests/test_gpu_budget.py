@@ -109,15 +109,23 @@ def test_the_fake_refuses_what_cupy_refuses(fake_gpu):
     cp = fake_gpu.cupy
     a = cp.asarray(np.arange(6.0).reshape(2, 3))
     assert type(a).__module__ == "cupy" and not isinstance(a, np.ndarray)
-    for implicit in (lambda: np.asarray(a), lambda: a.__array__(), lambda: np.exp(a),
-                     lambda: np.sum(a), lambda: np.concatenate([a, a]),
+    for implicit in (lambda: np.asarray(a), lambda: a.__array__(),         # as CuPy refuses them
                      lambda: a + np.ones(3), lambda: np.ones(3) + a,
+                     lambda: cp.stack([a, np.ones((2, 3))]), lambda: a.set(np.ones((2, 3), "f4")),
+                     lambda: cp.add.at(cp.zeros(3, dtype=cp.int64), a[0].astype(cp.int64), 1),
+                     # stricter than CuPy, which dispatches NumPy's functions to itself and
+                     # uploads a host index or a host value assigned through an index array
+                     lambda: np.exp(a), lambda: np.sum(a), lambda: np.concatenate([a, a]),
                      lambda: a[np.array([0, 1])], lambda: a[[0, 1]],
-                     lambda: a.__setitem__(0, np.ones(3)), lambda: cp.stack([a, np.ones((2, 3))])):
+                     lambda: a.__setitem__(cp.asarray(np.array([0])), np.ones(3))):
         with pytest.raises(TypeError):
             implicit()
+    for refused in (lambda: a.__setitem__(0, np.ones(3)), lambda: a.set(np.ones(3)),
+                    lambda: cp.where(a > 1.0, a)):                          # CuPy's ValueErrors
+        with pytest.raises(ValueError):
+            refused()
     for absent in (lambda: cp.linalg, lambda: cp.add.reduceat, lambda: a.put, lambda: cp.fuse,
-                   lambda: cp.random):
+                   lambda: cp.random):       # CuPy has these; the fake leaves them out
         with pytest.raises(AttributeError):
             absent()
 
