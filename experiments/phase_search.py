@@ -12,9 +12,11 @@ import time
 import numpy as np
 
 from circuits import HeadScores, prefix_matching_score
-from minitransformer import AdamW, Model, clip_grad_norm, learning_rate
+from minitransformer import AdamW, Model, learning_rate
+from minitransformer.backend import to_floats
 from minitransformer.data import corpus_from_spec, random_crops, random_repeat_windows, repeat_spans
 from minitransformer.presets import apply_overrides
+from minitransformer.train import train_step
 
 from .phase_change import repeated_copy_losses
 
@@ -68,11 +70,8 @@ def main(argv=None):
             repeat_spans(tokens, args.repeat_fraction, rng)
         if args.random_fraction:
             random_repeat_windows(tokens, args.random_fraction, rng)
-        loss, grads = model.loss_and_grads(tokens)
-        for k in frozen:
-            grads.pop(k)
-        clip_grad_norm(grads, 1.0)
-        opt.step(model.params, grads, learning_rate(step, args.lr, args.warmup))
+        loss, _ = to_floats(*train_step(model, opt, tokens, learning_rate(step, args.lr, args.warmup),
+                                        1.0, frozen))
         losses.append(loss)
         seen += tokens.size
         step += 1
