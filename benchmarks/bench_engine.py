@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))   # the code beside it
 from minitransformer import AdamW, Model, ModelConfig  # noqa: E402
 from minitransformer.backend import resolve_device, to_floats  # noqa: E402
-from minitransformer.cpu import cpu_count  # noqa: E402
+from minitransformer.cpu import blas_kernels, cpu_count  # noqa: E402
 from minitransformer.train import train_step  # noqa: E402
 
 REFERENCE = dict(n_layers=2, d_model=128, n_heads=4, d_head=32, n_ctx=256, d_vocab=256,
@@ -123,6 +123,10 @@ def main(argv=None):
           f"float32, {args.device}, {threads} threads; one training step (train_step)")
     print(f"matmul peak (float32 2048^3, measured now): {peak / 1e9:.1f} GFLOP/s; "
           f"one step = {result['step_gflop']:.2f} GFLOP")
+    if args.device == "cpu":   # the kernels set the peak: OPENBLAS_CORETYPE can pin older ones
+        result["blas"] = blas_kernels()
+        print(f"NumPy's BLAS: {result['blas']} (OPENBLAS_CORETYPE="
+              f"{os.environ.get('OPENBLAS_CORETYPE', 'unset')})")
     names = {"engine": f"engine ({xp.__name__}), one call",
              "engine_split": f"engine, batch on {threads} threads"}
     for label, _ in variants:

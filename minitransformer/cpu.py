@@ -61,6 +61,14 @@ def _controller():
     return ThreadpoolController()   # inspects the loaded libraries once (milliseconds)
 
 
+def blas_kernels():
+    """-> e.g. 'openblas 0.3.31.188.0 SkylakeX': each BLAS library NumPy loaded, with the
+    kernels it chose (OPENBLAS_CORETYPE, where set, makes that choice), for reports."""
+    return ", ".join(" ".join(str(info[key]) for key in ("internal_api", "version", "architecture")
+                              if info.get(key)) for info in _controller().info()
+                     if info.get("user_api") == "blas")
+
+
 @contextlib.contextmanager
 def blas_threads(n=1):
     """with blas_threads(1): ...  (a no-op for BLAS libraries threadpoolctl does not know)."""

@@ -132,3 +132,14 @@ def test_a_run_written_before_threads_existed_loads_as_one_thread(tmp_path):
     save_npz(run_file(run.dir), dict(arrays, train_config=np.array(json.dumps(dict(old, x=1)))))
     with pytest.raises(ValueError, match="has unknown field 'x'"):
         Run(run.dir)
+
+
+def test_blas_kernels_names_each_blas_library_and_its_kernels():
+    from minitransformer.cpu import blas_kernels
+    blas = [i for i in threadpool_info() if i["user_api"] == "blas"]
+    text = blas_kernels()
+    assert len(text.split(", ")) == len(blas)
+    for info in blas:
+        assert info["internal_api"] in text
+        if info.get("architecture"):
+            assert info["architecture"] in text
