@@ -17,7 +17,7 @@ help:
 	@echo "make train-2l-mixed   fast demo, synthetic-assisted: half the windows repeated random tokens"
 	@echo "make test       install the dev extras and run every test"
 	@echo "make bench      time training steps against PyTorch on this machine"
-	@echo "make reproduce  train every model family, write report/index.html (natural text: 57 min on 2 cores, README)"
+	@echo "make reproduce  train every model family, write report/index.html (natural text, 2 cores: 57 min with OpenBLAS's own kernels, ~75 with OPENBLAS_CORETYPE=Haswell; README)"
 	@echo "make reproduce-small   the same with small synthetic models (~3 min): report-small/index.html"
 
 install:

@@ -1,6 +1,6 @@
 """The model families of the Model Analysis Table, trained and measured as independent jobs.
 
-    python -m experiments.sweep                 # the default sweep into runs/sweep (57 min on 2 cores: README)
+    python -m experiments.sweep                 # the default sweep into runs/sweep (2 cores: 57 min, README)
     python -m experiments.sweep --small         # small models, minutes: runs/sweep-small
     python -m experiments.sweep --scheduler tcp://HOST:8786   # the same jobs on a Dask cluster
 
