@@ -4,7 +4,7 @@ patching, in circuits.patching: a command too, so imported from there); every pe
 score of a snapshot on one sample, and the one classification, in circuits.scores."""
 from .ablation import (AblationLosses, ablation_logits, ablation_losses, context_indices,
                        every_head, icl_change, icl_score, loss_projection)
-from .evaluators import (copying_score, prefix_matching_score, previous_token_attention,
+from .evaluators import (copying_score, copying_scores, prefix_matching_score, previous_token_attention,
                          previous_token_score, repeated_random_tokens)
 from .factored import FactoredMatrix
 from .handmade import induction_model
@@ -16,7 +16,7 @@ from .weights import (composition_baseline, composition_scores, full_ov_circuit,
 
 __all__ = ["AblationLosses", "ablation_logits", "ablation_losses", "context_indices", "every_head",
            "icl_change", "icl_score", "loss_projection",
-           "copying_score", "prefix_matching_score", "previous_token_attention",
+           "copying_score", "copying_scores", "prefix_matching_score", "previous_token_attention",
            "previous_token_score", "repeated_random_tokens",
            "FactoredMatrix", "induction_model",
            "attention_score_terms", "logit_path_terms", "path_name", "sum_terms",

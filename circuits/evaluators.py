@@ -3,6 +3,7 @@ every head of a model from its activations: -> [n_layers, n_heads].
 
     prefix_matching_score   attention to the token after an earlier copy of the present one
     copying_score           does the head's direct effect raise the logit of what it attends to
+                            (copying_scores: also the paper's form of it)
     previous_token_score    attention from i to i-1 on real text
 
 circuits.scores runs them on the one fixed sample every tool uses (HeadScores) and classes
@@ -75,6 +76,7 @@ def copying_score(model, n_examples=10, length=25, token_counts=None, seed=0):
     it attends to? -> (n_layers, n_heads) in [-1, 1]: +1 it raises only the attended token,
     0 no preference (a random head), -1 it raises only other tokens. NaN for a head whose
     direct effect is flat on the sample's tokens (it writes nothing W_U reads).
+    copying_scores gives this score and the paper's form of it from one forward pass.
 
     Each example is BOS + `length` distinct random tokens (the corpus's most and least common
     excluded, as for prefix matching). The paper left BOS out here by mistake (its footnote
@@ -94,13 +96,24 @@ def copying_score(model, n_examples=10, length=25, token_counts=None, seed=0):
                                                          raise on an average other token
       score = (A - O) / (A + O)  =  2 A / (A + O) - 1.
     Keys j >= 1 only (BOS is no sample token). Averaged over the examples.
-    The paper's raw ratio, "the attended token's raise to that of all tokens in this sample",
-    runs from 0 to 0.5 and is scaled linearly to [-1, 1]; its text leaves the denominator
-    open, and read as the total raise over the n tokens a random head would sit at -0.85.
     Comparing with the average other token puts chance at 0 and keeps both ends: the raw
     share A / (A + O) runs from 0 to 1 here, and score = 2 share - 1. Because mean-
     subtraction is linear and ReLU positively homogeneous, ReLU(a_ij x) = a_ij ReLU(x):
     each term's weight is a_ij / std_i, summed over queries i per key j."""
+    return copying_scores(model, n_examples, length, token_counts, seed)[0]
+
+
+def copying_scores(model, n_examples=10, length=25, token_counts=None, seed=0):
+    """-> (copying_score, the paper's form of it), (n_layers, n_heads) each, from one pass.
+
+    The paper's form: "the ratio of the amount it raises the logits of the token being
+    attended to, to that of all tokens in this sample. This value ranges from 0 (only raises
+    other tokens) to 0.5 (only raises the present token), so we scale it into the range of
+    -1 to 1." The one ratio of A to the raise on all n tokens that runs from 0 to 0.5 is
+    A / (A + S), S = A + (n - 1) O the total raise over the sample, the attended token
+    included; scaled linearly, paper = 4 A / (A + S) - 1. A head that raises every token
+    alike (chance) sits at 4 / (n + 1) - 1 (-0.846 for n = 25), not at 0, and the value
+    depends on n; copying_score compares with the average other token instead (chance 0)."""
     cfg = model.config
     length = min(length, cfg.n_ctx - 1)
     if length < 2:
@@ -112,7 +125,7 @@ def copying_score(model, n_examples=10, length=25, token_counts=None, seed=0):
     sample = tokens[:, 1:]                                             # (N,n)
     W_sample = np.moveaxis(W_U[:, sample], 0, 1)                       # (N,D,n)
     rstd = _final_rstd(model, cache)                                   # (N,T)
-    scores = np.zeros((cfg.n_layers, cfg.n_heads))
+    ours, paper = (np.zeros((cfg.n_layers, cfg.n_heads)) for _ in range(2))
     for l in range(cfg.n_layers):
         v = cache[f"blocks.{l}.attn.hook_v"][:, 1:].astype(np.float64)  # (N,n,H,E) keys j >= 1
         out = np.einsum("njhe,hed->njhd", v, params[f"blocks.{l}.attn.W_O"])
@@ -121,14 +134,16 @@ def copying_score(model, n_examples=10, length=25, token_counts=None, seed=0):
         pattern = cache[f"blocks.{l}.attn.hook_pattern"].astype(np.float64)
         weight = np.einsum("nhij,ni->nhj", pattern, rstd)[:, :, 1:]     # (N,H,n): sum_i a_ij/std_i
         on_attended = np.diagonal(raised, axis1=-2, axis2=-1)          # (N,H,n): r_ij[tokens[j]]
-        attended = (weight * on_attended).sum(-1)                      # (N,H)
-        other = (weight * (raised.sum(-1) - on_attended)).sum(-1) / (length - 1)
+        attended = (weight * on_attended).sum(-1)                      # (N,H)  A
+        other = (weight * (raised.sum(-1) - on_attended)).sum(-1) / (length - 1)   # O
         total = attended + other
         flat = total <= 1e-12 * np.abs(impact).max(initial=0.0)
-        per_example = np.divide(attended - other, total, out=np.full_like(total, np.nan),
-                                where=~flat)
-        scores[l] = per_example.mean(0)
-    return scores
+        nan = np.full_like(total, np.nan)
+        ours[l] = np.divide(attended - other, total, out=nan.copy(), where=~flat).mean(0)
+        everything = attended + (length - 1) * other                   # S
+        paper[l] = (4 * np.divide(attended, attended + everything, out=nan.copy(),
+                                  where=~flat) - 1).mean(0)
+    return ours, paper
 
 
 def previous_token_score(model, tokens, batch=32):

@@ -11,10 +11,11 @@ The sample, HEAD_SAMPLE (the same for every model and snapshot):
                     (minitransformer.data.candidate_tokens of run.token_counts); from every
                     token but BOS when that leaves too few for one sequence, or without counts
   previous token    the first 16 sequences of the run's fixed eval set
-It is what experiments.measure cached as its measurements' version 1.
+It is what experiments.measure caches (its measurements since version 1).
 
 The scores, (n_layers, n_heads) each, NaN where undefined:
   prefix_matching, copying, previous_token   the head activation evaluators (evaluators.py)
+  copying_paper                      the copying score in the paper's own form (chance -0.846)
   ov_copying, qk_positivity          eigenvalue scores of the full OV and QK circuits
   prev_token_qk_trace(_normalised)   the Id (x) h_prev (x) W trace (and / ||W||_F), each
                                      earlier head weighted by its previous_token score
@@ -35,7 +36,7 @@ import numpy as np
 
 from minitransformer.data import candidate_tokens
 
-from .evaluators import copying_score, prefix_matching_score, previous_token_score
+from .evaluators import copying_scores, prefix_matching_score, previous_token_score
 from .weights import (composition_baseline, composition_scores, ov_copying_score,
                       prev_token_qk_trace, qk_positivity_score)
 
@@ -109,10 +110,19 @@ class HeadScores:
                                                 self.token_counts, s.seed))
 
     @cached_property
-    def copying(self):
+    def _copying(self):
         s = HEAD_SAMPLE
-        return _read_only(copying_score(self.model, s.n_examples, s.length, self.token_counts,
-                                        s.seed))
+        return tuple(map(_read_only, copying_scores(self.model, s.n_examples, s.length,
+                                                    self.token_counts, s.seed)))
+
+    @property
+    def copying(self):
+        return self._copying[0]
+
+    @property
+    def copying_paper(self):
+        """The paper's form of the copying score (evaluators.copying_scores): chance -0.846."""
+        return self._copying[1]
 
     @cached_property
     def previous_token(self):

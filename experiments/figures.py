@@ -13,7 +13,7 @@ import numpy as np  # noqa: E402
 
 from minitransformer.io import atomic_write  # noqa: E402
 
-from .timeseries import best_later_head, icl_curve, moving_average  # noqa: E402
+from .timeseries import best_later_head, icl_curve, index_pairs, moving_average  # noqa: E402
 
 CLASS_COLOURS = {"induction": "#d62728", "previous-token": "#1f77b4", "other": "#9a9a9a"}
 
@@ -95,13 +95,9 @@ def row_icl(ax, model, colour=None):
     ax.axhline(0, color="k", lw=0.5)
 
 
-SENSITIVITY = ((0.05, 0.5), (0.1, 0.98), (0.25, 0.98), (0.02, 0.25))
-
-
 def row_icl_sensitivity(ax, model, colour=None):
     n = model.m.ctx_loss.shape[1] + 1
-    for k, (a, b) in enumerate(SENSITIVITY):
-        early, late = max(1, round(a * n)), min(n - 1, round(b * n))
+    for k, (early, late) in enumerate(index_pairs(n)[1:]):
         ax.plot(_x(model), icl_curve(model.m.ctx_loss, early, late), lw=1, color=f"C{k + 3}",
                 label=f"{late} - {early}")
     ax.plot(_x(model), model.icl, color="C2", lw=1.6, label="default")

@@ -7,8 +7,8 @@ The head scores are circuits.scores's (HeadScores, on its one sample); the per-t
 themselves are cached per snapshot by experiments.losses.
 
 Speed: the per-token losses run on the cache-less Model.per_token_loss and the ablations from
-each head's own layer up (circuits.ablation, reuse=True); both give the numbers version 1 was
-made with, to the bit, so VERSION stays 1. Every snapshot is measured on all of the eval set:
+each head's own layer up (circuits.ablation, reuse=True); both give the numbers of a whole
+forward, to the bit. Every snapshot is measured on all of the eval set:
 fewer sequences at the inner snapshots moved the table's phase-change windows (README, "The
 Model Analysis Table", measured on the natural-text sweep's cached losses).
 """
@@ -27,12 +27,13 @@ from minitransformer.io import error
 from minitransformer.runs import Run, read_npz, run_file, save_npz
 
 from .losses import snapshot_losses
-from .timeseries import evaluated_steps
+from .timeseries import evaluated_steps, icl_curve, phase_statistics
 
-VERSION = 1           # the numbers: unchanged by the fast paths (tests/test_lean_forward.py)
+VERSION = 2           # 2: the paper's copying score, ablations at the window's edges too
 N_ABLATE = 128        # eval sequences the ablations run on (each head costs one forward pass)
 ABLATED_SNAPSHOTS = 10
-HEAD_SCORES = {"prefix": "prefix_matching", "copying": "copying", "prev_token": "previous_token",
+HEAD_SCORES = {"prefix": "prefix_matching", "copying": "copying", "copying_paper": "copying_paper",
+               "prev_token": "previous_token",
                "qk_trace": "prev_token_qk_trace", "qk_trace_norm": "prev_token_qk_trace_normalised"}
 SCALARS = {"version": int, "clean_icl_ablate": float, "n_layers": int, "n_heads": int}
 
@@ -43,6 +44,7 @@ class Measurements:
     S snapshots, N eval sequences, T = n_ctx, L layers, H heads, A ablated snapshots."""
     prefix: np.ndarray            # (S,L,H) HeadScores.prefix_matching of each snapshot
     copying: np.ndarray           # (S,L,H) .copying
+    copying_paper: np.ndarray     # (S,L,H) .copying_paper (the paper's form: chance -0.846)
     prev_token: np.ndarray        # (S,L,H) .previous_token
     qk_trace: np.ndarray          # (S,L,H) .prev_token_qk_trace (NaN in layer 0)
     qk_trace_norm: np.ndarray     # (S,L,H) .prev_token_qk_trace_normalised
@@ -52,9 +54,11 @@ class Measurements:
     ctx_loss: np.ndarray          # (S,T-1) per-token loss averaged over the eval set, by index
     random_index: np.ndarray      # (N,) one fixed random position per eval sequence (paper:
     random_loss: np.ndarray       # (S,N)  "a random token from each example"), its losses
-    ablation_steps: np.ndarray    # (A,) snapshots at which every head was ablated alone
+    ablation_steps: np.ndarray    # (A,) snapshots at which every head was ablated alone: 10
+                                  #   spread over training and the ICL window's two edges
     ablation_icl: np.ndarray      # (A,L*H) (pattern-preserving, first n_ablate eval sequences):
     ablation_random: np.ndarray   # (A,L*H,n) the change in ICL score and random-token losses
+    ablation_clean_icl: np.ndarray  # (A,) the unablated ICL score on those sequences
     classes: np.ndarray           # (L,H) HeadScores.classes at the last snapshot
     group_names: np.ndarray       # (G,) Argument 3's head sets ablated together at the last
     group_icl: np.ndarray         # (G,)  snapshot (induction heads, all other heads): their
@@ -106,6 +110,16 @@ def cached_measurements(run, path=None):
     return cached
 
 
+def ablation_snapshots(steps, tokens, ctx_loss, prefix):
+    """The snapshots whose heads are ablated one by one: ABLATED_SNAPSHOTS spread evenly and
+    the two edges of the ICL window (timeseries.phase_statistics, on every snapshot), where
+    Argument 3 reads each head's share of the ICL score -> sorted steps."""
+    stats = phase_statistics(tokens, icl_curve(ctx_loss), ctx_loss.mean(1), tokens, prefix)
+    edges = [] if stats.icl_window is None else [steps[np.searchsorted(tokens, t)]
+                                                  for t in stats.icl_window]
+    return np.union1d(evaluated_steps(steps, ABLATED_SNAPSHOTS), edges).astype(steps.dtype)
+
+
 def group_ablations(classes):
     """Argument 3's head sets: the induction heads together, every other head together."""
     heads = [(l, h) for l in range(classes.shape[0]) for h in range(classes.shape[1])]
@@ -139,12 +153,14 @@ def measure_run(run, log=None, force=False):
         classes = heads.classes
         n_ablate = min(N_ABLATE, n)
         tokens = run.eval_tokens[:n_ablate]
-        ablated_steps = evaluated_steps(steps, ABLATED_SNAPSHOTS)
-        ab_icl, ab_random = [], []
+        ablated_steps = ablation_snapshots(steps, run.snapshot_tokens, np.stack(ctx_loss),
+                                           np.stack(scores["prefix"]))
+        ab_icl, ab_random, ab_clean = [], [], []
         rows = np.arange(n_ablate)
         for step in ablated_steps:
             result = ablation_losses(run.model(step), tokens)
             ab_icl.append(icl_change(result))
+            ab_clean.append(icl_score(result.clean))
             ab_random.append(result.ablated[:, rows, index[:n_ablate]] - result.clean[rows, index[:n_ablate]])
         groups = group_ablations(classes)
         grouped = ablation_losses(run.model(steps[-1]), tokens, [g for _, g in groups])
@@ -152,7 +168,8 @@ def measure_run(run, log=None, force=False):
                      version=VERSION, steps=steps, tokens=run.snapshot_tokens,
                      ctx_loss=np.stack(ctx_loss), random_index=index, random_loss=np.stack(random_loss),
                      ablation_steps=ablated_steps, ablation_icl=np.stack(ab_icl),
-                     ablation_random=np.stack(ab_random).astype(np.float32), classes=classes,
+                     ablation_random=np.stack(ab_random).astype(np.float32),
+                     ablation_clean_icl=np.array(ab_clean), classes=classes,
                      group_names=np.array([name for name, _ in groups], dtype=str),
                      group_icl=icl_change(grouped), clean_icl_ablate=icl_score(grouped.clean),
                      n_layers=run.config.n_layers, n_heads=run.config.n_heads)

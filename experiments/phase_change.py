@@ -17,13 +17,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits import HeadScores, repeated_random_tokens
+from circuits import HeadScores, ablation_losses, icl_change, repeated_random_tokens
 from minitransformer.backend import add_device_argument
 from minitransformer.io import atomic_write, atomic_write_text, error, output_file
 from minitransformer.runs import Run
 
 from .losses import context_indices, icl_score, snapshot_losses
-from .timeseries import across, evaluated_steps, icl_window, moving_average, prefix_onset
+from .measure import N_ABLATE
+from .timeseries import PhaseStatistics, evaluated_steps, moving_average, phase_statistics
 
 
 @dataclass(frozen=True)
@@ -38,10 +39,12 @@ class PhaseChange:
     icl_tokens: np.ndarray         # (K,)
     icl: np.ndarray                # (K,) ICL score
     eval_loss: np.ndarray          # (K,) mean eval loss
-    window: tuple                  # prefix matching's rise (timeseries.prefix_onset)
-    icl_window: tuple              # the ICL score's steepest fall (timeseries.icl_window)
-    icl_across: tuple              # ICL score just before and after `window`, smoothed over 3
+    stats: PhaseStatistics         # the paper's statistics, on the measured snapshots
     rising_heads: list             # [(layer, head, first, last prefix matching)], rose > 0.1
+    copying: np.ndarray            # (L,H) HeadScores.copying of the last snapshot, and the
+    copying_paper: np.ndarray      #   paper's form of it
+    head_ablation: tuple           # ((tokens, (L*H,) share of the ICL score each head's
+                                   #   ablation removes), ...) at the ICL window's end and the last
     repeated_first_copy: tuple     # loss on the 1st copy of repeated random tokens, first and
     repeated_second_copy: tuple    #   last snapshot; and on the 2nd copy
     final_train_loss: float        # mean of the last 100 training steps
@@ -68,19 +71,31 @@ def analyse(run, points=40):
     losses = [snapshot_losses(run, s) for s in chosen]
     icl = np.array([icl_score(l) for l in losses])
     chosen_tokens = np.array([run.tokens_at(s) for s in chosen])
-    window = prefix_onset(tokens, pm)
+    stats = phase_statistics(chosen_tokens, icl, [float(l.mean()) for l in losses], tokens, pm)
     first_copy, second_copy = zip(*(repeated_copy_losses(run.model(s), run.token_counts)
                                     for s in (steps[0], steps[-1])))
     rising = [(l, h, float(pm[0, l, h]), float(pm[-1, l, h]))
               for l in range(pm.shape[1]) for h in range(pm.shape[2])
               if pm[-1, l, h] - pm[0, l, h] > 0.1]
+    ablated = [] if stats.icl_window is None else [chosen[np.searchsorted(chosen_tokens,
+                                                                          stats.icl_window[1])]]
     return PhaseChange(steps=steps, tokens=tokens, prefix_matching=pm, classes=scores.classes,
                        icl_steps=chosen, icl_tokens=chosen_tokens, icl=icl,
-                       eval_loss=np.array([float(l.mean()) for l in losses]), window=window,
-                       icl_window=icl_window(chosen_tokens, icl, near=window),
-                       icl_across=across(chosen_tokens, icl, window), rising_heads=rising,
+                       eval_loss=np.array([float(l.mean()) for l in losses]), stats=stats,
+                       rising_heads=rising, copying=scores.copying,
+                       copying_paper=scores.copying_paper,
+                       head_ablation=tuple((run.tokens_at(s), head_shares(run, s))
+                                           for s in ablated + [steps[-1]]),
                        repeated_first_copy=first_copy, repeated_second_copy=second_copy,
                        final_train_loss=float(np.mean(run.log["loss"][-100:])))
+
+
+def head_shares(run, step, n=N_ABLATE):
+    """Argument 3 per head: the share of the ICL score (on the first n eval sequences) that
+    each head's pattern-preserving ablation removes at snapshot `step` -> (L*H,)."""
+    result = ablation_losses(run.model(step), run.eval_tokens[:n])
+    clean = icl_score(result.clean)
+    return icl_change(result) / -clean if clean < 0 else np.full(len(result.ablated), np.nan)
 
 
 def data_line(run):
@@ -104,29 +119,66 @@ def summary_lines(run, a, control=None):
              f"  repeated random tokens, loss on 1st copy / 2nd copy: start "
              f"{a.repeated_first_copy[0]:.2f} / {a.repeated_second_copy[0]:.2f}, end "
              f"{a.repeated_first_copy[1]:.2f} / {a.repeated_second_copy[1]:.2f}"]
-    if a.window is None:
+    st = a.stats
+    if st.prefix_rise is None:
         lines.append("  phase change: none detected (no layer>=1 head's prefix matching rose by 0.1)"
                      if run.config.n_layers > 1 else
                      "  phase change: none detected (no head's prefix matching rose by 0.1)")
     else:
-        width = (a.window[1] - a.window[0]) / a.tokens[-1]
+        width = (st.prefix_rise[1] - st.prefix_rise[0]) / a.tokens[-1]
         lines.append(f"  phase change window (prefix matching 10%->90% of its rise): "
-                     f"{a.window[0] / 1e6:.2f}M -> {a.window[1] / 1e6:.2f}M tokens "
+                     f"{_m(st.prefix_rise[0])} -> {_m(st.prefix_rise[1])} tokens "
                      f"({width:.0%} of the run)")
-    if a.icl_window is not None:
-        lines.append(f"  ICL score's steepest fall (the Model Analysis Table's window): "
-                     f"{a.icl_window[0] / 1e6:.2f}M -> {a.icl_window[1] / 1e6:.2f}M tokens")
-    if a.icl_across is not None:
-        lines.append(f"  ICL score across the window (smoothed over 3 measurements): "
-                     f"{a.icl_across[0]:+.3f} -> {a.icl_across[1]:+.3f} nats")
+    if st.icl_window is not None:
+        lines.append(f"  ICL score's steepest fall near that rise (the Model Analysis Table's "
+                     f"window): {_m(st.icl_window[0])} -> {_m(st.icl_window[1])} tokens")
+        lines.append(f"  ICL score across it (averaged over 3 measurements): {st.icl_before:+.3f} -> "
+                     f"{st.icl_after:+.3f} nats: {_pct(st.share_in_window)} of its fall "
+                     f"({st.icl_start:+.3f} -> {st.icl_final:+.3f}) inside the window (paper: over "
+                     f"75%), {st.change_after:+.3f} after it ({_pct(st.share_after)}; paper: constant)")
+    if st.icl_window_anywhere is not None:
+        lines.append(f"  ICL score's steepest fall anywhere (no restriction): "
+                     f"{_m(st.icl_window_anywhere[0])} -> {_m(st.icl_window_anywhere[1])} tokens, "
+                     f"overlapping the prefix-matching rise by {_pct(st.co_occurrence)}")
+    lines.append("  " + bump_line(st.bump))
     heads = ", ".join(f"{l}.{h}: {b:.2f} -> {e:.2f}" for l, h, b, e in a.rising_heads)
     lines.append(f"  heads whose prefix matching rose: {heads or 'none'}")
     lines.append("  at the end (circuits.scores): " + "; ".join(
         f"{kind} heads {', '.join(f'{l}.{h}' for l, h in zip(*np.nonzero(a.classes == kind))) or 'none'}"
         for kind in ("induction", "previous-token")))
+    induction = list(zip(*np.nonzero(a.classes == "induction")))
+    if induction:
+        lines.append("  copying score of the induction heads, ours (chance 0) / the paper's form "
+                     "(chance -0.85): " + ", ".join(
+                         f"{l}.{h} {a.copying[l, h]:+.2f} / {a.copying_paper[l, h]:+.2f}"
+                         for l, h in induction))
+    H = a.classes.shape[1]
+    labels = (["at the window's end"] if len(a.head_ablation) == 2 else []) + ["at the end"]
+    for where, (tokens, share) in zip(labels, a.head_ablation):
+        best = np.argsort(-np.nan_to_num(share, nan=-np.inf))[:3]
+        lines.append(f"  ICL score removed by ablating each head alone, {where} ({_m(tokens)}): "
+                     + ", ".join(f"{k // H}.{k % H} {_pct(share[k])}" for k in best))
     if control is not None:
         lines.append(control_gap_line(a, control))
+        lines.append("  1-layer control's " + bump_line(control.stats.bump))
     return lines
+
+
+def _m(tokens):
+    return f"{tokens / 1e6:.2f}M"
+
+
+def _pct(x):
+    return "-" if np.isnan(x) else f"{x:.0%}"
+
+
+def bump_line(bump, who="eval loss"):
+    """The paper's loss bump in one line."""
+    if np.isnan(bump.size):
+        return f"loss bump: too few measurements of the {who}"
+    return (f"loss bump (the {who}'s largest departure from convexity): {bump.size:.3f} nats at "
+            f"{_m(bump.at)}, noise alone makes {bump.noise:.3f}: "
+            + ("a bump" if bump.exceeds else "no bump above the noise"))
 
 
 def control_gap_line(a, control):
@@ -175,22 +227,29 @@ def plot(run, a, path, control=None):
     axes[2].set_xlabel("training tokens (millions)")
     axes[2].legend(fontsize=8)
     for ax in axes:
-        if a.window is not None:
-            ax.axvspan(a.window[0] / 1e6, a.window[1] / 1e6, color="orange", alpha=0.2)
+        if a.stats.prefix_rise is not None:
+            rise = a.stats.prefix_rise
+            ax.axvspan(rise[0] / 1e6, rise[1] / 1e6, color="orange", alpha=0.2)
         ax.grid(alpha=0.3)
-    axes[0].set_title(f"{run.dir.name}: phase change" + ("" if a.window else " (none detected)"))
+    axes[0].set_title(f"{run.dir.name}: phase change" + ("" if a.stats.prefix_rise else " (none detected)"))
     fig.tight_layout()
     atomic_write(path, lambda f: fig.savefig(f, format="png", dpi=110))
     plt.close(fig)
 
 
 def to_json(a):
-    """A PhaseChange as JSON: one key per field, arrays as lists."""
-    out = {}
-    for field in dataclasses.fields(a):
-        value = getattr(a, field.name)
-        out[field.name] = value.tolist() if isinstance(value, np.ndarray) else value
-    return json.dumps(out)
+    """A PhaseChange as JSON: one key per field, arrays as lists, NaN as null."""
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            return {f.name: plain(getattr(value, f.name)) for f in dataclasses.fields(value)}
+        if isinstance(value, (list, tuple)):
+            return [plain(v) for v in value]
+        if isinstance(value, np.ndarray):
+            return plain(value.tolist())
+        if isinstance(value, (float, np.floating)):
+            return None if np.isnan(value) else float(value)
+        return value.item() if isinstance(value, np.generic) else value
+    return json.dumps(plain(a))
 
 
 def main(argv=None):

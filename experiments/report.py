@@ -19,9 +19,11 @@ from minitransformer.backend import add_device_argument
 from minitransformer.io import atomic_write_text, cannot_write, error, output_file
 from minitransformer.runs import Run
 
-from . import attention_view, figures, table
+from . import attention_view, claims, figures, seeds, table
+from .losses import context_indices
 from .measure import cached_measurements, measure_run
-from .sweep import default_jobs, default_root, finished, small_jobs
+from .sweep import default_root, finished, jobs_for
+from .timeseries import icl_curve, index_pairs
 
 FAMILY_TITLES = {"attn-only": "Attention-only models, 1-6 layers",
                  "mlp": "Models with MLPs, 1-6 layers",
@@ -30,21 +32,21 @@ FAMILY_TITLES = {"attn-only": "Attention-only models, 1-6 layers",
 
 
 def load(root, jobs, log=print, measure=True, device="cpu"):
-    """-> ({name: table.ModelAnalysis}, [names of jobs without a finished run]). measure=False: leave
-    out runs not measured yet instead of measuring them (a sweep may be doing it now);
-    device: where the models that measure and draw compute."""
+    """-> ({run folder: table.ModelAnalysis}, [folders of jobs without a finished run]).
+    measure=False: leave out runs not measured yet instead of measuring them (a sweep may be
+    doing it now); device: where the models that measure and draw compute."""
     models, missing = {}, []
     for job in jobs:
-        path = pathlib.Path(root) / job.name
+        path = pathlib.Path(root) / job.folder
         if not finished(path, *job.configs()):
-            missing.append(job.name)
+            missing.append(job.folder)
             continue
         run = Run(path, device)
         m = measure_run(run, log=log) if measure else cached_measurements(run)
         if m is None:
-            missing.append(job.name)
+            missing.append(job.folder)
             continue
-        models[job.name] = table.analyse(job.name, job.family, job.control, run, m)
+        models[job.folder] = table.analyse(job.name, job.family, job.control, run, m)
     return models, missing
 
 
@@ -66,37 +68,6 @@ def coloured_text(data, before, after):
     return '<div class="passage">' + "".join(spans) + "</div>"
 
 
-def acceptance(models):
-    """The issue's acceptance checks, each (statement, what we measured, holds)."""
-    checks = []
-
-    def add(name, statement, test, measured):
-        if name in models:
-            checks.append((statement, measured(models[name]), bool(test(models[name]))))
-    add("attn-only-1l", "1-layer attention-only: no phase change, no induction head, ICL flat",
-        lambda m: m.window is None and not m.induction_heads and abs(m.icl[-1]) < 0.1,
-        lambda m: f"window {_fmt_window(m.window)}, induction heads {', '.join(m.induction_heads) or 'none'}, "
-                  f"final ICL {m.icl[-1]:+.3f}")
-    for n in range(2, 7):
-        add(f"attn-only-{n}l", f"{n}-layer attention-only: phase change, induction heads in the last layer",
-            lambda m: m.window is not None and any(int(h.split(".")[0]) == int(m.m.n_layers) - 1
-                                                      for h in m.induction_heads),
-            lambda m: f"window {_fmt_window(m.window)}, induction heads {', '.join(m.induction_heads) or 'none'}")
-    add("smeared-1l", "1-layer smeared key: gets the phase change its control never gets",
-        lambda m: m.window is not None and bool(m.induction_heads),
-        lambda m: f"window {_fmt_window(m.window)}, induction heads {', '.join(m.induction_heads) or 'none'}")
-    if "smeared-2l" in models and "attn-only-2l" in models:
-        s, c = models["smeared-2l"], models["attn-only-2l"]
-        ok = s.window is not None and (c.window is None or s.window[0] < c.window[0])
-        checks.append(("2-layer smeared key: phase change earlier than its control",
-                       f"{_fmt_window(s.window)} vs control {_fmt_window(c.window)}", ok))
-    add("attn-only-2l", "2-layer attention-only: ablating the induction heads removes most of the ICL score",
-        lambda m: m.shares.get("induction heads", 0) > 0.5,
-        lambda m: f"{m.shares.get('induction heads', float('nan')):.0%} (all other heads: "
-                  f"{m.shares.get('all other heads', float('nan')):.0%})")
-    return checks
-
-
 def _num(x, spec):
     return "-" if np.isnan(x) else format(x, spec)
 
@@ -106,41 +77,112 @@ def _pct(share):
     return "-" if share is None or np.isnan(share) else f"{share:.0%}"
 
 
-def _fmt_window(w):
-    return "none" if w is None else f"{w[0] / 1e6:.2f}M-{w[1] / 1e6:.2f}M tokens"
-
-
 CSS = """body{font-family:sans-serif;max-width:1500px;margin:1em auto;padding:0 1em;color:#222}
 img{max-width:100%} table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;
-padding:3px 6px;text-align:right} th{background:#f3f3f3} .ok{color:#17803d}.no{color:#c0392b}
+padding:3px 6px;text-align:right} th{background:#f3f3f3} .ok{color:#17803d}.no{color:#c0392b}.part{color:#b86e00}
 .passage{font-family:monospace;font-size:14px;line-height:1.7;border:1px solid #ddd;padding:8px}
 pre{background:#f7f7f7;padding:8px;font-size:12px;overflow-x:auto}
 """ + attention_view.CSS
 
 
+def _html_table(headers, rows):
+    return ("<table><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in headers) + "</tr>" +
+            "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>"
+                    for r in rows) + "</table>")
+
+
 def summary_table(models):
-    head = ("<tr><th>model</th><th>window (M tokens)</th><th>ICL before</th><th>ICL after</th>"
-            "<th>final ICL</th><th>loss bump</th><th>prefix onset</th><th>induction heads</th>"
-            "<th>ICL removed: induction heads</th><th>: all other heads</th></tr>")
+    """One row per model: each cell the median [range] over its seeds (experiments.seeds)."""
+    return _html_table(seeds.HEADERS, [seeds.row(ms) for ms in seeds.by_model(models).values()])
+
+
+WINDOW_RULE = (
+    "<p><b>How the numbers are read</b> (experiments/timeseries.py). <i>ICL score</i>: the mean "
+    "loss at context index {late} minus the mean loss at index {early} (each averaged over "
+    "indices &plusmn;{half}), on the run's fixed eval set of held-out text. <i>ICL window</i> "
+    "(the phase change): the ICL score averaged over 5 measurements (3 when there are fewer "
+    "than 20); its steepest fall, searched for only within the prefix-matching rise (the best "
+    "layer&ge;1 head's 10%&rarr;90% rise) widened by a tenth of the run on either side; around "
+    "it, the contiguous measurements where the score falls at least 1/4 as fast; kept only if "
+    "it falls there by at least 0.05 nats and by at least twice the measurement noise (the "
+    "spread of the score about its average). <i>Window anywhere</i>: the same rule without the "
+    "restriction to the prefix rise, and its overlap with that rise (the share of the shorter "
+    "of the two that they share). <i>Share in the window</i>: the ICL score's fall across the "
+    "window (averaged over 3 measurements at each edge) over its whole fall from the first "
+    "measurement to the last; <i>after</i>: the change from the window's end to the last. "
+    "<i>Loss bump</i> (the paper's: where the loss is not convex): the largest gap between the "
+    "eval loss averaged over 5 measurements and its greatest convex minorant, beside the gap "
+    "that noise alone makes (99th percentile of 200 reshuffles of the residuals). The paper's "
+    "'over 75% of final in-context learning forms in this window' and 'constant for the rest "
+    "of training' are checked against the share in the window (&ge; 75%) and after it "
+    "(&lt; 10%).</p>")
+
+
+def claims_table(models):
+    """The paper's claims (experiments.claims) on every seed: what was measured on each, and
+    on how many seeds each holds."""
+    rows = []
+    for statement, measured, held, total in seeds.checks_over_seeds(models, claims.checks):
+        cls = "ok" if held == total else ("no" if held == 0 else "part")
+        seen = "<br>".join(f"seed {k}: {html.escape(v)}" for k, v in measured.items())
+        rows.append(f"<tr><td style='text-align:left'>{html.escape(statement)}</td><td "
+                    f"style='text-align:left'>{seen}</td><td class={cls}>holds on {held}/{total}"
+                    "</td></tr>")
+    return "<table><tr><th>claim</th><th>measured</th><th>seeds</th></tr>" + "".join(rows) + "</table>"
+
+
+def head_ablation_table(models):
+    """Argument 3 head by head: each head's share of the ICL score removed by its ablation
+    alone, and its projection on the before-and-after vector, at the ICL window's end and at
+    the last snapshot, for every seed."""
     rows = []
     for m in models:
-        w, o = m.window, m.onset
-        cells = [m.name, "-" if w is None else f"{w[0] / 1e6:.2f} - {w[1] / 1e6:.2f}",
-                 _num(m.icl_before, "+.3f"), _num(m.icl_after, "+.3f"), f"{m.icl[-1]:+.3f}",
-                 _num(m.bump, ".3f"), "-" if o is None else f"{o[0] / 1e6:.2f}M",
-                 ", ".join(m.induction_heads) or "none",
-                 _pct(m.shares.get("induction heads")), _pct(m.shares.get("all other heads"))]
-        rows.append("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in cells) + "</tr>")
-    return "<table>" + head + "".join(rows) + "</table>"
+        L, H = int(m.m.n_layers), int(m.m.n_heads)
+        end, last = m.heads.tokens
+        for l in range(L):
+            for h in range(H):
+                k = l * H + h
+                rows.append([m.name, m.seed, f"{l}.{h}", m.m.classes[l, h],
+                             "-" if np.isnan(end) else f"{end / 1e6:.2f}M",
+                             _pct(m.heads.share[0, k]), _num(m.heads.projection[0, k], "+.3f"),
+                             _pct(m.heads.share[1, k]), _num(m.heads.projection[1, k], "+.3f")])
+    return _html_table(["model", "seed", "head", "class (last snapshot)", "window end",
+                        "ICL removed at the window's end", "onto before-and-after",
+                        "ICL removed at the last snapshot", "onto before-and-after"], rows)
+
+
+def index_pair_table(models):
+    """The final ICL score of every index pair the sensitivity row draws, per model (median
+    [range] over seeds), and the 2-layer minus 1-layer difference where both are there."""
+    groups = seeds.by_model(models)
+    first = next(iter(groups.values()))[0]
+    pairs = index_pairs(first.m.ctx_loss.shape[1] + 1)
+    finals = {name: [[float(icl_curve(m.m.ctx_loss[-1:], e, l)[0]) for e, l in pairs] for m in ms]
+              for name, ms in groups.items()}
+    rows = [[name] + [seeds.spread([f[p] for f in fs]).format("+.3f") for p in range(len(pairs))]
+            for name, fs in finals.items()]
+    for deep, shallow in (("attn-only-2l", "attn-only-1l"), ("mlp-2l", "mlp-1l")):
+        if deep in finals and shallow in finals and len(finals[deep]) == len(finals[shallow]):
+            diff = np.array(finals[deep]) - np.array(finals[shallow])      # seed by seed
+            rows.append([f"{deep} minus {shallow}"] +
+                        [seeds.spread(diff[:, p]).format("+.3f") for p in range(len(pairs))])
+    return _html_table(["model"] + [f"loss[{l}] - loss[{e}]" for e, l in pairs], rows)
 
 
 def build(root, jobs, out, log=print, colour="class", measure=True, device="cpu"):
-    """Write out/index.html and out/figures/*.png -> (path, summary lines, acceptance)."""
+    """Write out/index.html and out/figures/*.png -> (path, summary lines, the claims over
+    seeds: [(statement, {seed: measured}, seeds holding, seeds checked)]). The figures and the
+    attention view show the lowest seed of each model; the tables every seed."""
     out = pathlib.Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    models, missing = load(root, jobs, log, measure, device)
+    loaded, missing = load(root, jobs, log, measure, device)
+    every = list(loaded.values())
+    first = min((m.seed for m in every), default=0)
+    models = {m.name: m for m in every if m.seed == first}
+    n_seeds = len(seeds.seed_groups(every))
     body = ["<h1>In-context learning and induction heads: the Model Analysis Table</h1>",
-            f"<p>Runs from <code>{html.escape(str(root))}</code>. Every figure's x axis is training "
+            f"<p>Runs from <code>{html.escape(str(root))}</code>, {n_seeds} seed(s) a model; the "
+            f"figures show seed {first}. Every figure's x axis is training "
             "tokens; the orange band is the phase-change window found from the derivative of "
             "the ICL score, the dashed line the onset of prefix matching. " +
             ("Heads: <b style='color:#d62728'>induction</b>, <b style='color:#1f77b4'>previous-token"
@@ -148,12 +190,19 @@ def build(root, jobs, out, log=print, colour="class", measure=True, device="cpu"
              else "Heads coloured by layer (C0 = layer 0, C1 = layer 1, ...).") + "</p>"]
     if missing:
         body.append(f"<p class=no>Not in this report (not trained or not measured yet): {html.escape(', '.join(missing))}</p>")
-    lines = [table.summary_line(m) for m in models.values()]
-    checks = acceptance(models)
-    body += ["<h2>Summary</h2>", summary_table(list(models.values())), "<h2>Acceptance checks</h2><table>"]
-    body += [f"<tr><td style='text-align:left'>{html.escape(s)}</td><td style='text-align:left'>"
-             f"{html.escape(v)}</td><td class={'ok' if ok else 'no'}>{'holds' if ok else 'does not hold'}</td></tr>"
-             for s, v, ok in checks] + ["</table>"]
+    lines = [table.summary_line(m) for m in every]
+    checks = seeds.checks_over_seeds(every, claims.checks)
+    early, late = context_indices(first_n_ctx(every))
+    body += ["<h2>Summary (median [range] over seeds)</h2>", summary_table(every),
+             WINDOW_RULE.format(early=early, late=late, half=max(1, round(first_n_ctx(every) / 64))),
+             "<h2>The paper's claims, seed by seed</h2>", claims_table(every),
+             "<h2>Argument 3, head by head (pattern-preserving ablations)</h2>",
+             "<p>Positive shares: the model learns less in context without the head; the "
+             "before-and-after vector points from after the phase change back to before it, so a "
+             "positive projection means removing the head undoes part of the phase change (the "
+             "paper's sign is the opposite).</p>", head_ablation_table(every),
+             "<h2>The ICL score at other index pairs (last snapshot)</h2>", index_pair_table(every)
+             if every else ""]
     for family, title in FAMILY_TITLES.items():
         members = [m for m in models.values() if m.family == family]
         if family == "smeared":
@@ -171,6 +220,10 @@ def build(root, jobs, out, log=print, colour="class", measure=True, device="cpu"
             "<h2>Printed summary</h2><pre>" + html.escape("\n".join(lines)) + "</pre></body></html>")
     atomic_write_text(out / "index.html", page)
     return out / "index.html", lines, checks
+
+
+def first_n_ctx(models):
+    return int(models[0].run.config.n_ctx) if models else 256
 
 
 def _family_extras(family, members, models, out):
@@ -243,6 +296,8 @@ def main(argv=None):
                         help="leave out runs not measured yet (while a sweep is running)")
     parser.add_argument("--markdown", action="store_true",
                         help="also print the summary as a Markdown table")
+    parser.add_argument("--seeds", type=int, default=1, help="seeds 0..N-1 of every model (default 1)")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="just these models")
     add_device_argument(parser)
     args = parser.parse_args(argv)
     root = pathlib.Path(args.root) if args.root else default_root(args.small)
@@ -252,19 +307,19 @@ def main(argv=None):
             raise ValueError(f"{root}: no such sweep folder; run python -m experiments.sweep first")
         out.mkdir(parents=True, exist_ok=True)
         output_file(out / "index.html", "--out", suffix=".html")
-        path, lines, checks = build(root, small_jobs() if args.small else default_jobs(), out,
-                                    colour=args.colour, measure=not args.cached_only,
-                                    device=args.device)
+        jobs = jobs_for(args)
+        path, lines, checks = build(root, jobs, out, colour=args.colour,
+                                    measure=not args.cached_only, device=args.device)
     except ValueError as e:
         return error(e)
     except OSError as e:
         return cannot_write("--out", out, e)
     print("\n".join(lines))
     if args.markdown:   # from the measurements build just cached
-        jobs = small_jobs() if args.small else default_jobs()
-        print(table.markdown_table(load(root, jobs, None, False, args.device)[0].values()))
-    for statement, measured, ok in checks:
-        print(f"[{'holds' if ok else 'DOES NOT HOLD'}] {statement}: {measured}")
+        print(seeds.markdown_table(load(root, jobs, None, False, args.device)[0].values()))
+    for statement, measured, held, total in checks:
+        seen = "; ".join(f"seed {k}: {v}" for k, v in measured.items())
+        print(f"[holds on {held}/{total}] {statement}: {seen}")
     print(f"report: {path}")
     return 0
 

@@ -12,6 +12,7 @@ Starting an interrupted sweep again skips everything already done.
 """
 import argparse
 import concurrent.futures
+import dataclasses
 import multiprocessing
 import os
 import pathlib
@@ -34,10 +35,24 @@ class Job:
     overrides: tuple = ()
     family: str = ""
     control: str = ""           # the name of the identically trained control (smeared-key models)
+    seed: int = 0               # TrainConfig.seed: the initialisation and the data order
+
+    @property
+    def folder(self):
+        """The run's folder under the sweep's root: the model's name for seed 0 (so a one-seed
+        sweep is laid out as before), name-seed<k> for seed k."""
+        return self.name if self.seed == 0 else f"{self.name}-seed{self.seed}"
 
     def configs(self):
         model, train_config = preset(self.preset)
-        return apply_overrides(model, train_config, list(self.overrides))
+        return apply_overrides(model, train_config, list(self.overrides) + [f"seed={self.seed}"])
+
+
+def with_seeds(jobs, seeds):
+    """Every job for seeds 0..seeds-1 (the fixed eval set is the same for all: its own seed)."""
+    if seeds < 1:
+        raise ValueError(f"--seeds {seeds}: must be at least 1")
+    return [dataclasses.replace(job, seed=s) for s in range(seeds) for job in jobs]
 
 
 # 50 snapshots, and a job's step on one thread: two jobs side by side use 2 cores best
@@ -93,7 +108,7 @@ def run_job(job, root, measure=True, progress=True, device="cpu"):
     auto; not a setting of the run: a run trained on one may be measured on another) -> a
     short status line."""
     start = time.time()
-    out = pathlib.Path(root) / job.name
+    out = pathlib.Path(root) / job.folder
     with run_lock(out, log=lambda line: print(line, flush=True)), blas_threads(1):
         model, train_config = job.configs()
         train_config["device"] = device
@@ -139,7 +154,7 @@ def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print, de
         client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
         try:
             futures = {client.submit(run_job, job, str(pathlib.Path(root).resolve()), measure,
-                                     True, device, key=f"sweep-{job.name}-{time.time_ns()}", pure=False): job
+                                     True, device, key=f"sweep-{job.folder}-{time.time_ns()}", pure=False): job
                        for job in jobs}
             for future in as_completed(list(futures)):
                 _collect(future, futures[future], lines, failures, log)
@@ -156,8 +171,8 @@ def _collect(future, job, lines, failures, log):
         lines.append(future.result())
         log(lines[-1])
     except Exception as e:   # noqa: BLE001 (reported with the job's name, the others go on)
-        failures.append(f"{job.name}: {e}")
-        log(f"{job.name}: FAILED: {e}")
+        failures.append(f"{job.folder}: {e}")
+        log(f"{job.folder}: FAILED: {e}")
 
 
 def build_parser():
@@ -167,6 +182,8 @@ def build_parser():
     parser.add_argument("--workers", type=int, default=2, help="local processes (default 2)")
     parser.add_argument("--scheduler", help="a Dask scheduler address, tcp://HOST:PORT")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="just these models")
+    parser.add_argument("--seeds", type=int, default=1,
+                        help="train and measure seeds 0..N-1 of every model (default 1)")
     parser.add_argument("--train-only", action="store_true", help="train, do not measure")
     add_device_argument(parser)
     return parser
@@ -180,7 +197,7 @@ def jobs_for(args):
             raise ValueError(f"--only {' '.join(unknown)}: not in this sweep; choose from "
                              f"{', '.join(j.name for j in jobs)}")
         jobs = [j for j in jobs if j.name in args.only]
-    return jobs
+    return with_seeds(jobs, args.seeds)
 
 
 def default_root(small):

@@ -12,30 +12,48 @@ from minitransformer.data import BOS, template_corpus
 from minitransformer.runs import Run
 
 from .measure import Measurements
-from .timeseries import across, icl_curve, icl_window, loss_bump, prefix_onset
+from .timeseries import PhaseStatistics, icl_curve, phase_statistics
+
+
+@dataclass(frozen=True)
+class HeadAblations:
+    """Argument 3, head by head (the paper's per-head ablations over training, read at two
+    snapshots): the ICL window's end and the last snapshot. L*H heads, head l.h at l*H + h;
+    NaN where there is no window (or no in-context learning to remove)."""
+    tokens: tuple                 # training tokens of (the window's end, the last snapshot)
+    share: np.ndarray             # (2, L*H) share of the ICL score each head's ablation removes
+    projection: np.ndarray        # (2, L*H) its ablation projected on the before-and-after vector
 
 
 @dataclass(frozen=True)
 class ModelAnalysis:
-    """One model (column) of the Model Analysis Table. S snapshots, A ablated snapshots, L
-    layers, H heads; windows are (start, end) training tokens or None."""
+    """One model (column) of the Model Analysis Table, one seed. S snapshots, A ablated
+    snapshots, L layers, H heads; windows are (start, end) training tokens or None."""
     name: str
     family: str                   # "attn-only", "mlp", "smeared" or "template"
     control: str                  # the name of its control model ("" if none)
+    seed: int                     # TrainConfig.seed of the run
     run: Run
     m: Measurements
     icl: np.ndarray               # (S,) ICL score of each snapshot
     eval_loss: np.ndarray         # (S,) mean eval loss
-    onset: tuple                  # prefix matching's rise (timeseries.prefix_onset)
-    window: tuple                 # the phase change: the ICL score's steepest fall near onset
-    icl_before: float             # the ICL score at the window's start and end, smoothed over 3
-    icl_after: float              #   (NaN without a window)
-    bump: float                   # the loss bump inside the window (timeseries.loss_bump)
+    stats: PhaseStatistics        # the paper's statistics of the phase change (timeseries)
     induction_heads: list         # ["l.h"] of the heads classed induction at the last snapshot
     ablation_tokens: np.ndarray   # (A,) training tokens of the ablated snapshots
     attribution: np.ndarray       # (A, L*H) each ablation projected on the before-and-after vector
     before_after_steps: tuple     # (i, j): indices of the snapshots bounding the phase change
     shares: dict                  # {head set: share of the final ICL score its ablation removes}
+    heads: HeadAblations          # each head's ablation at the window's end and at the last
+
+    @property
+    def window(self):
+        """The phase-change window: the ICL score's steepest fall near the prefix rise."""
+        return self.stats.icl_window
+
+    @property
+    def onset(self):
+        """Prefix matching's 10%->90% rise."""
+        return self.stats.prefix_rise
 
 
 def before_after(m, window):
@@ -53,54 +71,64 @@ def before_after(m, window):
     return i, j, v / max(np.linalg.norm(v), 1e-12)
 
 
+def _removed(change, clean):
+    """The share of an ICL score `clean` (negative) that an ablation's change removes."""
+    return change / -clean if clean < 0 else np.full_like(change, np.nan, dtype=float)
+
+
+def head_ablations(m, window, attribution):
+    """-> HeadAblations: each head's ablation (m.ablation_icl, attribution) at the ablated
+    snapshot at the window's end (measure.ablation_snapshots puts one there) and at the last."""
+    size = m.ablation_icl.shape[1]
+    rows, tokens = [], []
+    for at in (None if window is None else window[1], m.tokens[-1]):
+        if at is None:
+            rows.append((np.full(size, np.nan), np.full(size, np.nan)))
+            tokens.append(float("nan"))
+            continue
+        k = int(np.argmin(np.abs(m.tokens[np.searchsorted(m.steps, m.ablation_steps)] - at)))
+        rows.append((_removed(m.ablation_icl[k], float(m.ablation_clean_icl[k])), attribution[k]))
+        tokens.append(float(at))
+    return HeadAblations(tuple(tokens), np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
+
+
 def analyse(name, family, control, run, m):
     """-> ModelAnalysis of one run from its Measurements m: the ICL curve, windows and
     summary numbers."""
     tokens = m.tokens.astype(float)
     icl = icl_curve(m.ctx_loss)
     eval_loss = m.ctx_loss.mean(1)
-    onset = prefix_onset(tokens, m.prefix)
-    window = icl_window(tokens, icl, near=onset)
-    before, after = across(tokens, icl, window) or (float("nan"), float("nan"))
-    i, j, u = before_after(m, window)
+    stats = phase_statistics(tokens, icl, eval_loss, tokens, m.prefix)
+    i, j, u = before_after(m, stats.icl_window)
+    attribution = m.ablation_random @ u
     clean = float(m.clean_icl_ablate)
     return ModelAnalysis(
-        name=name, family=family, control=control, run=run, m=m, icl=icl, eval_loss=eval_loss,
-        onset=onset, window=window, icl_before=before, icl_after=after,
-        bump=loss_bump(tokens, eval_loss, window),
+        name=name, family=family, control=control, seed=int(run.train_config.get("seed", 0)),
+        run=run, m=m, icl=icl, eval_loss=eval_loss, stats=stats,
         induction_heads=[f"{l}.{h}" for l, h in zip(*np.nonzero(m.classes == "induction"))],
         ablation_tokens=m.tokens[np.searchsorted(m.steps, m.ablation_steps)],
-        attribution=m.ablation_random @ u, before_after_steps=(i, j),
+        attribution=attribution, before_after_steps=(i, j),
         shares={str(group): float(change) / -clean if clean < 0 else float("nan")
-                for group, change in zip(m.group_names, m.group_icl)})
+                for group, change in zip(m.group_names, m.group_icl)},
+        heads=head_ablations(m, stats.icl_window, attribution))
+
+
+def _pct(x):
+    return "-" if x is None or np.isnan(x) else f"{x:.0%}"
 
 
 def summary_line(model):
-    w = model.window
-    where = (f"window {w[0] / 1e6:.2f}M-{w[1] / 1e6:.2f}M tokens, ICL {model.icl_before:+.3f} -> "
-             f"{model.icl_after:+.3f}, loss bump {model.bump:.3f}" if w else "no phase change")
+    s = model.stats
+    w, b = s.icl_window, s.bump
+    where = (f"window {w[0] / 1e6:.2f}M-{w[1] / 1e6:.2f}M tokens, ICL {s.icl_before:+.3f} -> "
+             f"{s.icl_after:+.3f} ({_pct(s.share_in_window)} of its fall in the window, "
+             f"{s.change_after:+.3f} after)" if w else "no phase change")
     onset = model.onset
     shares = ", ".join(f"{k} {v:.0%}" for k, v in model.shares.items()) or "nothing"
-    return (f"{model.name:>13}: {where}; final ICL {model.icl[-1]:+.3f}; prefix-matching "
+    return (f"{model.name:>13} seed {model.seed}: {where}; final ICL {model.icl[-1]:+.3f}; "
+            f"loss bump {b.size:.3f} (noise {b.noise:.3f}) at {b.at / 1e6:.2f}M; prefix-matching "
             f"onset {'%.2fM' % (onset[0] / 1e6) if onset else 'none'}; induction heads "
             f"{', '.join(model.induction_heads) or 'none'}; ICL removed by ablating {shares}")
-
-
-def markdown_table(models):
-    """The summary as a Markdown table (what the README shows): one row per model."""
-    rows = ["| model | phase-change window | ICL before -> after | final ICL | loss bump | "
-            "prefix onset | induction heads | ICL removed by ablating induction heads / all others |",
-            "|---|---|---|---|---|---|---|---|"]
-    for m in models:
-        w = m.window
-        share = lambda key: "-" if np.isnan(m.shares.get(key, np.nan)) else f"{m.shares[key]:.0%}"
-        rows.append(" | ".join([
-            f"| {m.name}", f"{w[0] / 1e6:.2f}M-{w[1] / 1e6:.2f}M" if w else "none",
-            f"{m.icl_before:+.3f} -> {m.icl_after:+.3f}" if w else "-", f"{m.icl[-1]:+.3f}",
-            f"{m.bump:.3f}" if w else "-", f"{m.onset[0] / 1e6:.2f}M" if m.onset else "none",
-            ", ".join(m.induction_heads) or "none",
-            f"{share('induction heads')} / {share('all other heads')} |"]))
-    return "\n".join(rows)
 
 
 def joint_pca(models, k=2):

@@ -1,5 +1,7 @@
 """Curves over training, in one place: smoothing, the snapshots to evaluate, the ICL score of
-each snapshot, the phase-change windows and onsets read from them.
+each snapshot, the phase-change windows and onsets read from them, and the paper's
+statistics of a phase change (phase_statistics), which `make train-2l` and the Model
+Analysis Table both print.
 
 S snapshots, T = n_ctx, L layers, H heads; tokens (S,) the training tokens of each snapshot.
 Two windows mark the phase change:
@@ -7,6 +9,8 @@ Two windows mark the phase change:
                  (rise_window of best_later_head)
   icl_window     where the ICL score falls fastest (the Model Analysis Table's window)
 """
+from dataclasses import dataclass
+
 import numpy as np
 
 from circuits.ablation import context_indices, index_window
@@ -14,6 +18,7 @@ from circuits.ablation import context_indices, index_window
 MIN_FALL = 0.05       # nats: an ICL score that falls less than this has no phase change
 RATE_FRACTION = 0.25  # the window: where the ICL score falls at >= 1/4 of its steepest rate
 NOISE_FACTOR = 2.0    # ... and falls by at least twice its measurement noise
+BUMP_SMOOTHING = 5    # measurements the eval loss is averaged over before its convexity is read
 
 
 def moving_average(y, k):
@@ -38,6 +43,17 @@ def icl_curve(ctx_loss, early=None, late=None, half_window=None):
     def at(i):
         return ctx_loss[:, index_window(n_ctx, i, half_window)].mean(1)
     return at(late or l) - at(early or e)
+
+
+# the ICL score's index pairs (early, late) as fractions of n_ctx, besides the default one:
+# what the report's sensitivity row draws and its index-pair table lists
+OTHER_INDEX_PAIRS = ((0.05, 0.5), (0.1, 0.98), (0.25, 0.98), (0.02, 0.25))
+
+
+def index_pairs(n_ctx):
+    """[(early, late)] context indices: the default pair (context_indices), then the others."""
+    return [context_indices(n_ctx)] + [(max(1, round(a * n_ctx)), min(n_ctx - 1, round(b * n_ctx)))
+                                       for a, b in OTHER_INDEX_PAIRS]
 
 
 def rise_window(x, y, min_rise=0.1, lo=0.1, hi=0.9):
@@ -112,10 +128,133 @@ def across(tokens, y, window, k=3):
     return float(smooth[before[-1]]), float(smooth[after[0]])
 
 
-def loss_bump(tokens, eval_loss, window):
-    """Within the window, the largest rise of eval loss above its best value so far (>= 0)."""
+def loss_rise_above_minimum(tokens, eval_loss, window):
+    """Within the window, the largest rise of eval loss above its best value so far (>= 0):
+    an outright increase of the loss, which the paper's bump (loss_bump) does not need."""
     if window is None:
         return float("nan")
     inside = (tokens >= window[0]) & (tokens <= window[1])
     best = np.minimum.accumulate(eval_loss)
     return float(max(0.0, (eval_loss - best)[inside].max())) if inside.any() else 0.0
+
+
+def convex_minorant(x, y):
+    """The greatest convex minorant of the points (x, y), x increasing: the lower convex
+    hull, evaluated at every x -> (n,). A convex curve is its own minorant."""
+    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
+    hull = []
+    for i in range(len(x)):
+        # drop the last hull point while it lies on or above the chord to the new point
+        while len(hull) >= 2 and ((y[hull[-1]] - y[hull[-2]]) * (x[i] - x[hull[-2]])
+                                  >= (y[i] - y[hull[-2]]) * (x[hull[-1]] - x[hull[-2]])):
+            hull.pop()
+        hull.append(i)
+    return np.interp(x, x[hull], y[hull])
+
+
+@dataclass(frozen=True)
+class LossBump:
+    """The paper's loss bump (Argument 1): "the only place in training where the loss is not
+    convex (monotonically decreasing in slope)", "a period of visibly steeper improvement
+    than the parts of the curve before and after". Read on the eval loss averaged over
+    BUMP_SMOOTHING measurements (only where the whole average fits, so the ends are not
+    bent by a shorter one): its largest gap above its greatest convex minorant. A curve
+    that falls steeply for a while after falling slowly lies above the chord across that
+    stretch; a convex curve has no gap at all. Noise makes gaps too: `noise` is the gap that
+    noise alone makes, the 99th percentile of the largest gap of the minorant plus the
+    curve's own residuals (about its smoothed version) in NULL_SHUFFLES random orders."""
+    size: float      # nats, the largest gap
+    at: float        # training tokens where it is
+    noise: float     # nats, the largest gap that the measurement noise alone makes (99th pct)
+    exceeds: bool    # size > noise
+
+
+NULL_SHUFFLES = 200
+
+
+def _largest_gap(x, y, k):
+    """The k-point moving average of y (where it fits) and its gap above its convex minorant
+    -> (x of the average (n,), average (n,), gap (n,))."""
+    half = k // 2
+    smooth = np.convolve(y, np.ones(k) / k, "valid")
+    x = x[half: len(x) - half]
+    return x, smooth, smooth - convex_minorant(x, smooth)
+
+
+def loss_bump(tokens, eval_loss, k=BUMP_SMOOTHING):
+    """-> LossBump of an eval-loss curve (S,) over training tokens (S,); NaNs with fewer
+    than 2k + 2 measurements."""
+    tokens, eval_loss = np.asarray(tokens, dtype=float), np.asarray(eval_loss, dtype=float)
+    if len(eval_loss) < 2 * k + 2:
+        return LossBump(float("nan"), float("nan"), float("nan"), False)
+    x, smooth, gap = _largest_gap(tokens, eval_loss, k)
+    half = k // 2
+    # the residuals about a k-point average have (k-1)/k of the noise's variance
+    residual = (eval_loss[half: len(eval_loss) - half] - smooth) * np.sqrt(k / (k - 1))
+    convex = smooth - gap
+    rng = np.random.default_rng(0)
+    null = [_largest_gap(x, convex + rng.permutation(residual), k)[2].max()
+            for _ in range(NULL_SHUFFLES)]
+    noise = float(np.percentile(null, 99))
+    i = int(np.argmax(gap))
+    return LossBump(float(gap[i]), float(x[i]), noise, bool(gap[i] > noise))
+
+
+def overlap_share(a, b):
+    """How far two intervals (start, end) coincide: the length they share over the shorter
+    one's length (1 when one lies inside the other; a zero-length one counts 1 inside the
+    other, 0 outside); NaN when either is None."""
+    if a is None or b is None:
+        return float("nan")
+    shorter = min(a[1] - a[0], b[1] - b[0])
+    shared = min(a[1], b[1]) - max(a[0], b[0])
+    if shorter <= 0:
+        return float(shared >= 0)
+    return max(0.0, shared) / shorter
+
+
+@dataclass(frozen=True)
+class PhaseStatistics:
+    """The paper's statistics of one run's phase change (Argument 1), from its curves; windows
+    are (start, end) training tokens or None, ICL scores in nats (negative: in-context
+    learning), shares of the ICL score's whole fall from the first measurement to the last."""
+    prefix_rise: tuple           # prefix matching's 10%->90% rise (prefix_onset)
+    icl_window: tuple            # the ICL score's steepest fall near prefix_rise (icl_window)
+    icl_window_anywhere: tuple   # the same rule without the restriction to near prefix_rise
+    icl_start: float             # the ICL score at the first measurement and at the last
+    icl_final: float
+    icl_before: float            # at icl_window's start and end, averaged over 3 measurements
+    icl_after: float             #   (NaN without a window)
+    share_in_window: float       # (icl_before - icl_after) / (icl_start - icl_final): the paper's
+                                 #   "over 75% of final in-context learning forms in this window"
+    change_after: float          # icl_final - icl_after, nats: 0 when "constant for the rest of
+                                 #   training"; negative when it goes on falling
+    share_after: float           # the same as a share of the whole fall
+    co_occurrence: float         # overlap_share of icl_window_anywhere and prefix_rise: 1 when
+                                 #   one lies inside the other, 0 when they are apart
+    bump: LossBump               # the paper's loss bump, over the whole run
+    rise_above_minimum: float    # the largest rise of eval loss above its running minimum
+                                 #   inside icl_window (an outright increase; NaN without one)
+
+
+def phase_statistics(tokens, icl, eval_loss, prefix_tokens, prefix):
+    """-> PhaseStatistics of a run: tokens (K,) the measurements' training tokens, icl (K,)
+    their ICL scores and eval_loss (K,) their mean eval losses; prefix (S, L, H) every head's
+    prefix matching at the snapshots' training tokens prefix_tokens (S,)."""
+    tokens = np.asarray(tokens, dtype=float)
+    icl = np.asarray(icl, dtype=float)
+    rise = prefix_onset(np.asarray(prefix_tokens, dtype=float), prefix)
+    window = icl_window(tokens, icl, near=rise)
+    before, after = across(tokens, icl, window) or (float("nan"), float("nan"))
+    start, final = float(icl[0]), float(icl[-1])
+    fall = start - final
+    has_fall = window is not None and fall >= MIN_FALL
+    share = lambda change: change / fall if has_fall else float("nan")   # noqa: E731
+    anywhere = icl_window(tokens, icl)
+    return PhaseStatistics(
+        prefix_rise=rise, icl_window=window, icl_window_anywhere=anywhere, icl_start=start,
+        icl_final=final, icl_before=before, icl_after=after,
+        share_in_window=share(before - after), change_after=final - after,
+        share_after=share(after - final), co_occurrence=overlap_share(anywhere, rise),
+        bump=loss_bump(tokens, eval_loss),
+        rise_above_minimum=loss_rise_above_minimum(tokens, np.asarray(eval_loss, float), window))

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose
 
-from circuits.evaluators import (copying_score, prefix_matching_score, previous_token_score,
+from circuits.evaluators import (copying_score, copying_scores, prefix_matching_score, previous_token_score,
                                  repeated_random_tokens)
 from circuits.handmade import induction_model
 from circuits.scores import classify_heads
@@ -49,8 +49,10 @@ def test_without_a_previous_token_head_the_copying_head_is_no_induction_head(mod
 def test_copying_spans_minus_one_to_one():
     model = induction_model(d_vocab=V)
     assert_allclose(copying_score(model)[1, 0], 1.0, atol=1e-9)
+    assert_allclose(copying_scores(model)[1][1, 0], 1.0, atol=1e-9)     # the paper's form too
     model.params["unembed.W_U"] = -model.params["unembed.W_U"]    # lowers what it attends to
     assert_allclose(copying_score(model)[1, 0], -1.0, atol=1e-9)
+    assert_allclose(copying_scores(model)[1][1, 0], -1.0, atol=1e-9)
 
 
 def _uniform_twin(model):
@@ -72,7 +74,10 @@ def test_a_fresh_model_scores_at_chance(config):
         # near-uniform attention at initialisation: the scores of uniform attention
         assert_allclose(prefix_matching_score(model), prefix_matching_score(uniform), atol=0.02)
         assert_allclose(previous_token_score(model, text), previous_token_score(uniform, text), atol=0.02)
-        copying.append(copying_score(model))
+        ours, paper = copying_scores(model)
+        assert_allclose(ours, copying_score(model), rtol=1e-12)
+        copying.append(ours)
+        assert abs(paper.mean() - (4 / 26 - 1)) < 0.05      # the paper's chance, n = 25: -0.846
     copying = np.array(copying)
     assert np.abs(copying).max() < 0.35 and abs(copying.mean()) < 0.1   # chance is 0
     assert (classify_heads(prefix_matching_score(model), copying[-1],
@@ -98,12 +103,13 @@ def _copying_by_loops(model, tokens):
     n = tokens.shape[1] - 1
     resid = cache[f"blocks.{cfg.n_layers - 1}.hook_resid_post"]
     scores = np.zeros((len(tokens), cfg.n_layers, cfg.n_heads))
+    paper = np.zeros_like(scores)
     for e, sequence in enumerate(tokens):
         sample = sequence[1:]
         for l in range(cfg.n_layers):
             pattern, v = cache[f"blocks.{l}.attn.hook_pattern"][e], cache[f"blocks.{l}.attn.hook_v"][e]
             for h in range(cfg.n_heads):
-                attended = other = 0.0
+                attended = other = everything = 0.0
                 for i in range(len(sequence)):
                     for j in range(1, i + 1):
                         x = pattern[h, i, j] * v[j, h] @ p[f"blocks.{l}.attn.W_O"][h]
@@ -114,8 +120,10 @@ def _copying_by_loops(model, tokens):
                         raised = np.maximum(impact - impact.mean(), 0)
                         attended += raised[j - 1]
                         other += (raised.sum() - raised[j - 1]) / (n - 1)
+                        everything += raised.sum()
                 scores[e, l, h] = (attended - other) / (attended + other)
-    return scores.mean(0)
+                paper[e, l, h] = 4 * attended / (attended + everything) - 1
+    return scores.mean(0), paper.mean(0)
 
 
 @pytest.mark.parametrize("config", [SMALL, LN_MLP], ids=["attn-only", "ln-mlp"])
@@ -123,8 +131,11 @@ def test_copying_score_matches_its_definition_read_by_loops(config):
     model = Model(config, seed=3, dtype=np.float64)
     counts = np.random.default_rng(0).integers(1, 100, 64)
     tokens = repeated_random_tokens(2, 12, 1, counts, 64, seed=5)
+    ours, paper = _copying_by_loops(model, tokens)
     assert_allclose(copying_score(model, n_examples=2, length=12, token_counts=counts, seed=5),
-                    _copying_by_loops(model, tokens), rtol=1e-9)
+                    ours, rtol=1e-9)
+    assert_allclose(copying_scores(model, n_examples=2, length=12, token_counts=counts, seed=5)[1],
+                    paper, rtol=1e-9)
 
 
 def test_previous_token_score_reads_the_diagonal_in_any_batch():

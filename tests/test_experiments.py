@@ -39,12 +39,80 @@ def test_no_window_without_a_fall():
     assert timeseries.icl_window(tokens, -_step_curve(tokens, 3e6, 0.4)) is None     # a rise
 
 
-def test_loss_bump_is_the_rise_above_the_best_so_far_inside_the_window():
+def test_loss_rise_above_minimum_is_the_rise_above_the_best_so_far_inside_the_window():
     tokens = np.arange(10.0)
     loss = np.array([5, 4, 3.5, 3.7, 3.9, 3.0, 2.0, 2.1, 2.0, 1.9])
-    assert timeseries.loss_bump(tokens, loss, (2, 6)) == pytest.approx(0.4)
-    assert timeseries.loss_bump(tokens, loss, (6, 9)) == pytest.approx(0.1)
-    assert np.isnan(timeseries.loss_bump(tokens, loss, None))
+    assert timeseries.loss_rise_above_minimum(tokens, loss, (2, 6)) == pytest.approx(0.4)
+    assert timeseries.loss_rise_above_minimum(tokens, loss, (6, 9)) == pytest.approx(0.1)
+    assert np.isnan(timeseries.loss_rise_above_minimum(tokens, loss, None))
+
+
+def test_a_convex_curve_is_its_own_minorant_and_has_no_bump():
+    tokens = np.linspace(0, 10e6, 50)
+    loss = 1.5 + 4 * np.exp(-tokens / 1e6) + 0.3 * np.exp(-tokens / 4e6)       # convex, falling
+    assert np.allclose(timeseries.convex_minorant(tokens, loss), loss)
+    bump = timeseries.loss_bump(tokens, loss)
+    assert bump.size == pytest.approx(0.0, abs=1e-12) and not bump.exceeds
+
+
+def test_the_minorant_of_a_steeper_stretch_is_the_chord_across_it():
+    x = np.arange(5.0)
+    y = np.array([0.0, -1, -2, -5, -5.5])       # slopes -1, -1, -3, -0.5: not convex at x = 1, 2
+    assert np.allclose(timeseries.convex_minorant(x, y), [0, -5 / 3, -10 / 3, -5, -5.5])
+
+
+def test_a_steeper_stretch_is_a_bump_of_its_size_where_it_starts():
+    """Slopes -a over [0, 4M], -3a over [4M, 5M], then -a again (a = 0.05 nats per M): the
+    minorant is the chord from the start to 5M, 0.08 nats below the curve at 4M; the 5-point
+    average rounds the two corners by at most 0.006 nats each."""
+    tokens = np.linspace(0, 10e6, 101)                                  # 0.1M apart
+    a = 0.05 / 1e6
+    slope = np.where((tokens >= 4e6) & (tokens < 5e6), -3 * a, -a)
+    loss = 3 + np.concatenate([[0], np.cumsum(slope[:-1] * np.diff(tokens))])
+    bump = timeseries.loss_bump(tokens, loss)
+    assert 0.08 - 2 * 0.006 <= bump.size <= 0.08 and bump.exceeds
+    assert 3.8e6 <= bump.at <= 4.2e6                     # the corner, +- the average's reach
+    noisy = timeseries.loss_bump(tokens, loss + np.random.default_rng(0).normal(0, 0.01, 101))
+    assert noisy.exceeds and 3.5e6 <= noisy.at <= 4.5e6 and noisy.noise < 0.04
+
+
+def test_noise_on_a_convex_curve_is_no_bump():
+    tokens = np.linspace(0, 10e6, 50)
+    loss = 1.5 + 4 * np.exp(-tokens / 1e6) + 0.3 * np.exp(-tokens / 4e6)
+    for seed in range(20):
+        bump = timeseries.loss_bump(tokens, loss + np.random.default_rng(seed).normal(0, 0.01, 50))
+        assert bump.size > 0 and not bump.exceeds, seed          # noise makes gaps, not bumps
+
+
+def test_a_step_puts_all_of_its_fall_inside_its_window_and_none_after():
+    tokens = np.linspace(0, 10e6, 50)
+    icl = np.where(tokens < 4e6, 0.0, -0.4)
+    prefix = np.where(tokens < 4e6, 0.03, 0.6)[:, None, None] * np.ones((1, 2, 2))
+    stats = timeseries.phase_statistics(tokens, icl, 2 - 0.1 * tokens / 1e7, tokens, prefix)
+    assert stats.icl_window[0] < 4e6 < stats.icl_window[1]
+    assert stats.share_in_window == pytest.approx(1.0)
+    assert stats.change_after == pytest.approx(0.0) and stats.share_after == pytest.approx(0.0)
+    assert stats.icl_window_anywhere == stats.icl_window and stats.co_occurrence == 1.0
+
+
+def test_a_fall_that_goes_on_after_its_window_is_shared_out_by_construction():
+    """The ICL score falls 0.25 at 1.4M-1.6M (the steepest), 0.2 at 4.0M-4.5M with the
+    prefix-matching rise, then 0.2 more, ten times slower, to 10M: of the whole fall of 0.65,
+    0.2 in the window (31%) and 0.2 after it (31%); the steepest fall anywhere lies apart
+    from the prefix rise."""
+    tokens = np.linspace(0, 10e6, 101)
+    piece = lambda a, b: np.clip((tokens - a) / (b - a), 0, 1)       # noqa: E731
+    icl = -0.25 * piece(1.4e6, 1.6e6) - 0.2 * piece(4e6, 4.5e6) - 0.2 * piece(4.5e6, 10e6)
+    prefix = piece(4e6, 4.5e6)[:, None, None] * np.ones((1, 2, 1))
+    stats = timeseries.phase_statistics(tokens, icl, np.zeros(101), tokens, prefix)
+    w = stats.icl_window                           # widened by the rule's 5-point smoothing
+    assert 3.7e6 <= w[0] <= 4e6 and 4.5e6 <= w[1] <= 4.8e6
+    assert stats.share_in_window == pytest.approx(0.2 / 0.65, abs=0.03)
+    assert stats.share_after == pytest.approx(0.2 / 0.65, abs=0.03)
+    assert stats.change_after == pytest.approx(-0.2, abs=0.01)
+    assert stats.icl_window_anywhere[0] < 1.5e6 < stats.icl_window_anywhere[1] <= 2e6
+    assert stats.co_occurrence == 0.0
+    assert timeseries.overlap_share((0, 4), (3, 5)) == 0.5 and timeseries.overlap_share((1, 2), (0, 9)) == 1
 
 
 def test_dloss_dlog_index_recovers_a_log_slope():

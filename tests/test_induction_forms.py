@@ -26,7 +26,8 @@ def test_prefix_matching_rises_in_layer_1(run):
 
 def test_summary_finds_the_window_and_the_second_copy_gets_easy(run):
     a = analyse(run, points=4)
-    assert a.window is not None and a.window[0] < a.window[1] <= a.tokens[-1]
+    rise = a.stats.prefix_rise
+    assert rise is not None and rise[0] < rise[1] <= a.tokens[-1]
     assert any(l == 1 and after > 0.5 for l, _, _, after in a.rising_heads)
     first, second = a.repeated_first_copy[1], a.repeated_second_copy[1]
     assert second < first - 2.0               # the second copy is predicted from the first

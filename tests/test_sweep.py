@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from circuits import ablation_losses, icl_change
-from experiments import measure, report, sweep, table
+from experiments import measure, report, seeds, sweep
 from experiments.screenshot import check_images
 from minitransformer.io import KILL_AT
 from minitransformer.runs import Run, run_file
@@ -119,17 +119,17 @@ def test_measurements_agree_with_direct_computation(swept):
     assert np.allclose(m.group_icl, direct, atol=1e-5)
 
 
-def test_the_measurements_file_keeps_its_version_1_members(swept):
+def test_the_measurements_file_holds_its_version_2_members(swept):
     root, _ = swept
     run = Run(root / "attn-only-2l")
     path = measure.measurement_file(run)
     with np.load(path) as archive:
         assert sorted(archive.files) == sorted(
-            ["prefix", "copying", "prev_token", "qk_trace", "qk_trace_norm", "version", "steps",
-             "tokens", "ctx_loss", "random_index", "random_loss", "ablation_steps", "ablation_icl",
-             "ablation_random", "classes", "group_names", "group_icl", "clean_icl_ablate",
-             "n_layers", "n_heads"])
-        assert int(archive["version"]) == measure.VERSION == 1
+            ["prefix", "copying", "copying_paper", "prev_token", "qk_trace", "qk_trace_norm",
+             "version", "steps", "tokens", "ctx_loss", "random_index", "random_loss",
+             "ablation_steps", "ablation_icl", "ablation_random", "ablation_clean_icl", "classes",
+             "group_names", "group_icl", "clean_icl_ablate", "n_layers", "n_heads"])
+        assert int(archive["version"]) == measure.VERSION == 2
     m = measure.Measurements.read(path)
     assert m.n_layers == 2 and isinstance(m.clean_icl_ablate, float)
     with pytest.raises(ValueError):
@@ -156,7 +156,11 @@ def test_report_has_every_figure_and_opens_offline(swept, tmp_path):
     page = index.read_text()
     for name in ("attn-only_table.png", "attn-only_pca.png", "smeared_pairs.png", "smeared_table.png"):
         assert name in page and (tmp_path / "report" / "figures" / name).stat().st_size > 1000
-    assert any("1-layer attention-only" in statement for statement, _, _ in checks)
+    assert any(s.startswith("attn-only-1l: no phase change") and total == 1
+               for s, _, _, total in checks)
+    for heading in ("The paper's claims, seed by seed", "Argument 3, head by head",
+                    "The ICL score at other index pairs", "greatest convex minorant"):
+        assert heading in page
     views = re.findall(r"<details class='attn-view'[^>]*><summary>([^:]*):", page)
     assert views == ["attn-only-2l"]                 # the attention view: 2+ layer models only
 
@@ -170,12 +174,29 @@ def test_sweep_cli_names_a_bad_model_in_one_line():
 def test_markdown_table_has_a_row_per_model_with_its_measured_numbers(swept):
     root, _ = swept
     models, missing = report.load(root, JOBS, log=None, measure=True)
-    text = table.markdown_table(models.values())
+    text = seeds.markdown_table(models.values())
     rows = text.splitlines()
     assert len(rows) == 2 + len(models) and missing == []
     for row, m in zip(rows[2:], models.values()):
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert len(cells) == 8 and cells[0] == m.name
-        assert cells[3] == f"{m.icl[-1]:+.3f}"
-        assert cells[6] == (", ".join(m.induction_heads) or "none")
-        assert (cells[1] == "none") == (m.window is None)
+        assert len(cells) == len(seeds.HEADERS) and cells[:2] == [m.name, "0"]
+        assert cells[4] == f"{m.icl[-1]:+.3f}"                      # one seed: the value alone
+        assert cells[-1] == (", ".join(m.induction_heads) or "none")
+        assert (cells[2] == "-") == (m.window is None)
+        bump = m.stats.bump                       # NaN in these short runs: too few snapshots
+        size = "-" if np.isnan(bump.size) else f"{bump.size:.3f}"
+        assert cells[-2].startswith(f"{size} (noise ") and f"above it on {int(bump.exceeds)}/1" in cells[-2]
+
+
+def test_head_ablations_at_the_window_end_are_the_measured_ones(swept):
+    root, _ = swept
+    models, _ = report.load(root, JOBS, log=None, measure=True)
+    for m in models.values():
+        k = list(m.m.ablation_steps).index(m.m.steps[-1])
+        clean = float(m.m.ablation_clean_icl[k])
+        expected = m.m.ablation_icl[k] / -clean if clean < 0 else np.full(len(m.m.ablation_icl[k]), np.nan)
+        assert np.allclose(m.heads.share[1], expected, equal_nan=True)
+        assert np.allclose(m.heads.projection[1], m.attribution[k])
+        if m.window is not None:                          # the window's edges were ablated too
+            assert set(np.searchsorted(m.m.tokens, m.window)) <= set(
+                np.searchsorted(m.m.steps, m.m.ablation_steps))
