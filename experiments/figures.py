@@ -13,7 +13,8 @@ import numpy as np  # noqa: E402
 
 from minitransformer.io import atomic_write  # noqa: E402
 
-from .timeseries import best_later_head, icl_curve, index_pairs, moving_average  # noqa: E402
+from .timeseries import (BUMP_SMOOTHING, best_later_head, convexity_gap, icl_curve,  # noqa: E402
+                         index_pairs, moving_average)
 
 CLASS_COLOURS = {"induction": "#d62728", "previous-token": "#1f77b4", "other": "#9a9a9a"}
 
@@ -52,6 +53,12 @@ def row_loss(ax, model, colour=None):
     ax.plot(np.asarray(log["tokens"])[k - 1:] / 1e6, np.convolve(loss, np.ones(k) / k, "valid"),
             lw=0.7, color="C0", label="train")
     ax.plot(_x(model), model.eval_loss, color="C1", lw=1.2, label="eval")
+    bump = model.stats.bump
+    if not np.isnan(bump.size):       # the paper's bump: the gap above the convex minorant
+        x, smooth, gap = convexity_gap(model.m.tokens.astype(float), model.eval_loss, BUMP_SMOOTHING)
+        ax.plot(x / 1e6, smooth - gap, color="k", lw=0.7, ls=":", label="convex minorant")
+        if bump.exceeds:
+            ax.plot(bump.at / 1e6, float(np.interp(bump.at, x, smooth)), "v", color="k", ms=4)
     ax.set_ylim(top=min(ax.get_ylim()[1], float(model.eval_loss[min(2, len(_x(model)) - 1)]) + 0.5))
 
 

@@ -172,7 +172,7 @@ class LossBump:
 NULL_SHUFFLES = 200
 
 
-def _largest_gap(x, y, k):
+def convexity_gap(x, y, k):
     """The k-point moving average of y (where it fits) and its gap above its convex minorant
     -> (x of the average (n,), average (n,), gap (n,))."""
     half = k // 2
@@ -187,13 +187,13 @@ def loss_bump(tokens, eval_loss, k=BUMP_SMOOTHING):
     tokens, eval_loss = np.asarray(tokens, dtype=float), np.asarray(eval_loss, dtype=float)
     if len(eval_loss) < 2 * k + 2:
         return LossBump(float("nan"), float("nan"), float("nan"), False)
-    x, smooth, gap = _largest_gap(tokens, eval_loss, k)
+    x, smooth, gap = convexity_gap(tokens, eval_loss, k)
     half = k // 2
     # the residuals about a k-point average have (k-1)/k of the noise's variance
     residual = (eval_loss[half: len(eval_loss) - half] - smooth) * np.sqrt(k / (k - 1))
     convex = smooth - gap
     rng = np.random.default_rng(0)
-    null = [_largest_gap(x, convex + rng.permutation(residual), k)[2].max()
+    null = [convexity_gap(x, convex + rng.permutation(residual), k)[2].max()
             for _ in range(NULL_SHUFFLES)]
     noise = float(np.percentile(null, 99))
     i = int(np.argmax(gap))
