@@ -18,6 +18,7 @@ help:
 	@echo "make test       install the dev extras and run every test"
 	@echo "make bench      time training steps against PyTorch on this machine"
 	@echo "make reproduce  train every model family, write report/index.html (natural text, 2 cores: 57 min with OpenBLAS's own kernels, ~75 with OPENBLAS_CORETYPE=Haswell; README)"
+	@echo "                SEEDS=3: seeds 0-2 of every model; ONLY=\"attn-only-1l attn-only-2l\": just those"
 	@echo "make reproduce-small   the same with small synthetic models (~3 min): report-small/index.html"
 
 install:
@@ -54,12 +55,15 @@ train-2l-mixed: install
 # ---- the Model Analysis Table (experiments/README in the main README) --------------------------
 # Jobs resume: an interrupted sweep started again skips what is done. SCHEDULER=tcp://HOST:8786
 # sends the jobs to a Dask cluster whose workers share this folder. The screenshot needs Chromium.
-# DEVICE=gpu trains and measures on CuPy (one GPU: add WORKERS=1).
+# DEVICE=gpu trains and measures on CuPy (one GPU: add WORKERS=1). SEEDS=3 trains and measures
+# seeds 0-2 of every model (cells: median [range]); ONLY="attn-only-1l attn-only-2l" just those.
 DEVICE ?= cpu
-SWEEP_FLAGS = --device $(DEVICE) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(WORKERS),--workers $(WORKERS))
+SEEDS ?= 1
+SELECT = --seeds $(SEEDS) $(if $(ONLY),--only $(ONLY))
+SWEEP_FLAGS = --device $(DEVICE) $(SELECT) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(WORKERS),--workers $(WORKERS))
 define reproduce
 	$(PYTHON) -m experiments.sweep $(1) $(SWEEP_FLAGS)
-	$(PYTHON) -m experiments.report $(1) --device $(DEVICE)
+	$(PYTHON) -m experiments.report $(1) --device $(DEVICE) $(SELECT)
 	-@$(PYTHON) -c "from experiments.screenshot import find_chromium as f; exit(f() is None)" && \
 		$(PYTHON) -m experiments.screenshot $(2)/index.html || \
 		echo "(no Chromium: skipped the screenshot check; apt-get install chromium)"

@@ -143,10 +143,12 @@ def head_ablation_table(models):
             for h in range(H):
                 k = l * H + h
                 rows.append([m.name, m.seed, f"{l}.{h}", m.m.classes[l, h],
+                             _num(m.m.copying[-1, l, h], "+.2f"), _num(m.m.copying_paper[-1, l, h], "+.2f"),
                              "-" if np.isnan(end) else f"{end / 1e6:.2f}M",
                              _pct(m.heads.share[0, k]), _num(m.heads.projection[0, k], "+.3f"),
                              _pct(m.heads.share[1, k]), _num(m.heads.projection[1, k], "+.3f")])
-    return _html_table(["model", "seed", "head", "class (last snapshot)", "window end",
+    return _html_table(["model", "seed", "head", "class (last snapshot)", "copying (ours, chance 0)",
+                        "copying (paper's form, chance -0.85)", "window end",
                         "ICL removed at the window's end", "onto before-and-after",
                         "ICL removed at the last snapshot", "onto before-and-after"], rows)
 

@@ -91,15 +91,34 @@ def test_a_run_of_other_settings_is_never_overwritten(swept, tmp_path):
         sweep.run_sweep([other], root, workers=1, log=lambda line: None)
 
 
-def test_the_same_jobs_run_on_a_dask_local_cluster(tmp_path):
+def test_the_same_jobs_run_on_a_dask_local_cluster_seed_by_seed(tmp_path):
     distributed = pytest.importorskip("distributed")
+    jobs = sweep.with_seeds(JOBS[1:2], 2)                          # attn-only-2l, seeds 0 and 1
+    assert [j.folder for j in jobs] == ["attn-only-2l", "attn-only-2l-seed1"]
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=None) as cluster:
         # the address, as --scheduler tcp://HOST:PORT gives it
-        lines = sweep.run_sweep(JOBS[:2], tmp_path, scheduler=cluster.scheduler_address,
+        lines = sweep.run_sweep(jobs, tmp_path, scheduler=cluster.scheduler_address,
                                 log=lambda line: None)
     assert len(lines) == 2 and all("trained, measured" in line for line in lines)
-    assert all(measure.measurement_file(Run(tmp_path / j.name)).exists() for j in JOBS[:2])
+    runs = [Run(tmp_path / j.folder) for j in jobs]
+    assert all(measure.measurement_file(run).exists() for run in runs)
+    assert [run.train_config["seed"] for run in runs] == [0, 1]
+    assert np.array_equal(runs[0].eval_tokens, runs[1].eval_tokens)          # one eval set
+    assert not np.array_equal(runs[0].model().params["blocks.1.attn.W_Q"],
+                              runs[1].model().params["blocks.1.attn.W_Q"])
+    models, missing = report.load(tmp_path, jobs, log=None)
+    assert missing == [] and [m.seed for m in seeds.by_model(models.values())["attn-only-2l"]] == [0, 1]
+
+
+def test_seeds_flag_names_every_seed_of_every_model():
+    args = sweep.build_parser().parse_args(["--only", "attn-only-1l", "mlp-2l", "--seeds", "3"])
+    assert [j.folder for j in sweep.jobs_for(args)] == [
+        "attn-only-1l", "mlp-2l", "attn-only-1l-seed1", "mlp-2l-seed1", "attn-only-1l-seed2",
+        "mlp-2l-seed2"]
+    result = subprocess.run([sys.executable, "-m", "experiments.sweep", "--seeds", "0"],
+                            capture_output=True, text=True)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "--seeds" in result.stderr
 
 
 def test_measurements_agree_with_direct_computation(swept):
