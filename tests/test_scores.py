@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from circuits import (HeadScores, classify_heads, copying_score, induction_model,
+from circuits import (HeadScores, classify_heads, copying_score, copying_scores, induction_model,
                       prefix_matching_score, prev_token_qk_trace, previous_token_score)
 from circuits.scores import HEAD_SAMPLE, sample_counts
 from experiments import measure, phase_change
@@ -65,16 +65,18 @@ def test_make_train_2l_summary_reads_the_same_scores(tiny):
     assert np.array_equal(a.prefix_matching, m.prefix) and np.array_equal(a.classes, m.classes)
 
 
-def test_the_sample_is_the_one_measurements_version_1_used(tiny):
+def test_the_sample_is_the_one_measurements_since_version_1_used(tiny):
     """measure.VERSION 1 was computed with the evaluators' defaults, the run's token counts
-    and the first 16 eval sequences; HeadScores must give those numbers to the bit."""
-    assert measure.VERSION == 1 and HEAD_SAMPLE.n_previous == 16
+    and the first 16 eval sequences (version 2 added the paper's copying score and ablated
+    snapshots, on the same sample); HeadScores must give those numbers to the bit."""
+    assert measure.VERSION == 2 and HEAD_SAMPLE.n_previous == 16
     step = int(tiny.snapshot_steps[2])
     model, scores = tiny.model(step), HeadScores.of_run(tiny, step)
     previous = previous_token_score(model, tiny.eval_tokens[:16])
     trace, normalised = prev_token_qk_trace(model, previous)
     for ours, v1 in ((scores.prefix_matching, prefix_matching_score(model, token_counts=tiny.token_counts)),
                      (scores.copying, copying_score(model, token_counts=tiny.token_counts)),
+                     (scores.copying_paper, copying_scores(model, token_counts=tiny.token_counts)[1]),
                      (scores.previous_token, previous), (scores.prev_token_qk_trace, trace),
                      (scores.prev_token_qk_trace_normalised, normalised)):
         assert np.array_equal(ours, v1, equal_nan=True)
