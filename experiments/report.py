@@ -4,6 +4,7 @@ sweep's runs (experiments.sweep), and every head's attention to hover over
 
     python -m experiments.report                      # runs/sweep -> report/
     python -m experiments.report --small              # runs/sweep-small -> report-small/
+    python -m experiments.report --seeds 3 --markdown # every cell: median [range] over seeds 0-2
 
 Missing measurements are computed (and cached beside each run); a model whose run is
 missing is left out and named in the report.

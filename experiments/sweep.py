@@ -3,12 +3,15 @@
     python -m experiments.sweep                 # the default sweep into runs/sweep (2 cores: 57 min, README)
     python -m experiments.sweep --small         # small models, minutes: runs/sweep-small
     python -m experiments.sweep --scheduler tcp://HOST:8786   # the same jobs on a Dask cluster
+    python -m experiments.sweep --seeds 3 --only attn-only-1l attn-only-2l   # seeds 0-2 of two models
 
 A job trains one model (resuming a partial run, skipping a finished one) and then measures
 every snapshot (experiments.measure, cached beside the run). Jobs run in a local process
 pool, one BLAS thread each (two single-threaded jobs beat one two-threaded one on this
 engine), or on a Dask distributed cluster whose workers see the same --root directory.
-Starting an interrupted sweep again skips everything already done.
+Starting an interrupted sweep again skips everything already done. Seed k of a model
+(TrainConfig.seed: its initialisation and its data order; the eval set is the same for all)
+goes to root/NAME for k = 0 and to root/NAME-seed<k> otherwise.
 """
 import argparse
 import concurrent.futures

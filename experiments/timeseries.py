@@ -160,16 +160,19 @@ class LossBump:
     BUMP_SMOOTHING measurements (only where the whole average fits, so the ends are not
     bent by a shorter one): its largest gap above its greatest convex minorant. A curve
     that falls steeply for a while after falling slowly lies above the chord across that
-    stretch; a convex curve has no gap at all. Noise makes gaps too: `noise` is the gap that
-    noise alone makes, the 99th percentile of the largest gap of the minorant plus the
-    curve's own residuals (about its smoothed version) in NULL_SHUFFLES random orders."""
+    stretch; a convex curve has no gap at all. Noise makes gaps too: `noise` is the gap
+    that noise alone makes on this curve, the 99th percentile over NULL_DRAWS draws of the
+    largest gap of the minorant plus Gaussian noise of the curve's own measurement noise
+    `sigma` (from its second differences: 1.4826 x their median absolute deviation / sqrt(6),
+    which the strong curvature of the first few measurements does not inflate)."""
     size: float      # nats, the largest gap
     at: float        # training tokens where it is
-    noise: float     # nats, the largest gap that the measurement noise alone makes (99th pct)
+    sigma: float     # nats, the measurement noise of one eval-loss reading
+    noise: float     # nats, the largest gap that noise alone makes (99th percentile)
     exceeds: bool    # size > noise
 
 
-NULL_SHUFFLES = 200
+NULL_DRAWS = 200
 
 
 def convexity_gap(x, y, k):
@@ -181,23 +184,28 @@ def convexity_gap(x, y, k):
     return x, smooth, smooth - convex_minorant(x, smooth)
 
 
+def curve_noise(y):
+    """The noise of single readings of a smooth curve (S,), from its second differences
+    (each the sum of 6 readings' variances): robust to a few strongly curved points."""
+    d2 = np.diff(np.asarray(y, dtype=float), 2)
+    return float(1.4826 * np.median(np.abs(d2 - np.median(d2))) / np.sqrt(6))
+
+
 def loss_bump(tokens, eval_loss, k=BUMP_SMOOTHING):
     """-> LossBump of an eval-loss curve (S,) over training tokens (S,); NaNs with fewer
     than 2k + 2 measurements."""
     tokens, eval_loss = np.asarray(tokens, dtype=float), np.asarray(eval_loss, dtype=float)
     if len(eval_loss) < 2 * k + 2:
-        return LossBump(float("nan"), float("nan"), float("nan"), False)
+        return LossBump(*(float("nan"),) * 4, False)
     x, smooth, gap = convexity_gap(tokens, eval_loss, k)
-    half = k // 2
-    # the residuals about a k-point average have (k-1)/k of the noise's variance
-    residual = (eval_loss[half: len(eval_loss) - half] - smooth) * np.sqrt(k / (k - 1))
+    sigma = curve_noise(eval_loss)
     convex = smooth - gap
     rng = np.random.default_rng(0)
-    null = [convexity_gap(x, convex + rng.permutation(residual), k)[2].max()
-            for _ in range(NULL_SHUFFLES)]
+    null = [convexity_gap(x, convex + rng.normal(0, sigma, len(x)), k)[2].max()
+            for _ in range(NULL_DRAWS)]
     noise = float(np.percentile(null, 99))
     i = int(np.argmax(gap))
-    return LossBump(float(gap[i]), float(x[i]), noise, bool(gap[i] > noise))
+    return LossBump(float(gap[i]), float(x[i]), sigma, noise, bool(gap[i] > noise))
 
 
 def overlap_share(a, b):

@@ -8,7 +8,7 @@ from experiments.timeseries import LossBump
 
 
 def _model(name, n_layers=2, window=(3e6, 5e6), share_in=0.8, share_after=0.05, overlap=1.0,
-           bump=LossBump(0.02, 2.5e6, 0.005, True), heads=("1.0",), final=-0.3):
+           bump=LossBump(0.02, 2.5e6, 0.002, 0.005, True), heads=("1.0",), final=-0.3):
     stats = SimpleNamespace(share_in_window=share_in, share_after=share_after,
                             change_after=-share_after * 0.3, icl_before=-0.05, icl_after=-0.29,
                             icl_start=0.0, icl_final=final, co_occurrence=overlap,
@@ -33,7 +33,7 @@ def test_each_claim_fails_on_its_own_counterexample():
              "the ICL score constant after the window (under 10% of its fall after it)":
                  dict(share_after=0.3),
              "a loss bump (departure from convexity above noise) at the window":
-                 dict(bump=LossBump(0.004, 2.5e6, 0.005, False)),
+                 dict(bump=LossBump(0.004, 2.5e6, 0.002, 0.005, False)),
              "the steepest ICL fall anywhere co-occurs with the prefix-matching rise":
                  dict(overlap=0.3),
              "an abrupt ICL window, induction heads in the last layer": dict(heads=("0.1",))}
@@ -43,15 +43,15 @@ def test_each_claim_fails_on_its_own_counterexample():
 
 
 def test_a_bump_far_from_the_window_is_not_the_papers():
-    near = _model("x", bump=LossBump(0.02, 1.5e6, 0.005, True))        # one window-width before
-    far = _model("x", bump=LossBump(0.02, 8e6, 0.005, True))           # after the window
+    near = _model("x", bump=LossBump(0.02, 1.5e6, 0.002, 0.005, True))        # one window-width before
+    far = _model("x", bump=LossBump(0.02, 8e6, 0.002, 0.005, True))           # after the window
     assert claims.bump_near_window(near) and not claims.bump_near_window(far)
     assert not claims.bump_near_window(_model("x", window=None))
 
 
 def test_the_one_layer_model_has_no_window_no_head_no_bump():
     flat = _model("attn-only-1l", n_layers=1, window=None, heads=(), final=0.01,
-                  bump=LossBump(0.003, 1e6, 0.005, False))
+                  bump=LossBump(0.003, 1e6, 0.002, 0.005, False))
     verdicts = _verdicts({"attn-only-1l": flat})
     assert verdicts == {"no phase change, no induction head, ICL flat (|final| < 0.1)": True,
                         "no loss bump": True}
