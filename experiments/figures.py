@@ -53,13 +53,19 @@ def row_loss(ax, model, colour=None):
     ax.plot(np.asarray(log["tokens"])[k - 1:] / 1e6, np.convolve(loss, np.ones(k) / k, "valid"),
             lw=0.7, color="C0", label="train")
     ax.plot(_x(model), model.eval_loss, color="C1", lw=1.2, label="eval")
-    bump = model.stats.bump
-    if not np.isnan(bump.size):       # the paper's bump: the gap above the convex minorant
-        x, smooth, gap = convexity_gap(model.m.tokens.astype(float), model.eval_loss, BUMP_SMOOTHING)
-        ax.plot(x / 1e6, smooth - gap, color="k", lw=0.7, ls=":", label="convex minorant")
-        if bump.exceeds:
-            ax.plot(bump.at / 1e6, float(np.interp(bump.at, x, smooth)), "v", color="k", ms=4)
     ax.set_ylim(top=min(ax.get_ylim()[1], float(model.eval_loss[min(2, len(_x(model)) - 1)]) + 0.5))
+
+
+def row_bump(ax, model, colour=None):
+    """The paper's loss bump: the smoothed eval loss's gap above its convex minorant, and the
+    gap noise alone makes (dashed); a bump is where the curve rises above the dashed line."""
+    bump = model.stats.bump
+    if np.isnan(bump.size):
+        return
+    x, _, gap = convexity_gap(model.m.tokens.astype(float), model.eval_loss, BUMP_SMOOTHING)
+    ax.plot(x / 1e6, gap, color="C1", lw=1.2)
+    ax.axhline(bump.noise, color="k", lw=0.7, ls="--")
+    ax.set_ylim(0, max(bump.noise, bump.size) * 1.2)
 
 
 def _heatmap(ax, model, values, cmap, centred=False):
@@ -132,6 +138,7 @@ def row_ablation_before_after(ax, model, colour="class"):
 
 
 ROWS = [("loss", "loss (nats)", row_loss),
+        ("bump", "eval loss above its\nconvex minorant", row_bump),
         ("loss_heatmap", "Loss(tokens, context index)", row_loss_heatmap),
         ("loss_derivative", "dLoss / d ln(context index)", row_loss_derivative),
         ("icl", "ICL score (nats)", row_icl),

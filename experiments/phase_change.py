@@ -24,6 +24,7 @@ from minitransformer.runs import Run
 
 from .losses import context_indices, icl_score, snapshot_losses
 from .measure import N_ABLATE
+from .table import removed_share
 from .timeseries import PhaseStatistics, evaluated_steps, moving_average, phase_statistics
 
 
@@ -94,8 +95,7 @@ def head_shares(run, step, n=N_ABLATE):
     """Argument 3 per head: the share of the ICL score (on the first n eval sequences) that
     each head's pattern-preserving ablation removes at snapshot `step` -> (L*H,)."""
     result = ablation_losses(run.model(step), run.eval_tokens[:n])
-    clean = icl_score(result.clean)
-    return icl_change(result) / -clean if clean < 0 else np.full(len(result.ablated), np.nan)
+    return removed_share(icl_change(result), icl_score(result.clean))
 
 
 def data_line(run):

@@ -47,8 +47,10 @@ class Job:
         return self.name if self.seed == 0 else f"{self.name}-seed{self.seed}"
 
     def configs(self):
+        """-> (model, train config) dicts: the preset, its overrides, then seed (k >= 1)."""
         model, train_config = preset(self.preset)
-        return apply_overrides(model, train_config, list(self.overrides) + [f"seed={self.seed}"])
+        seed = [f"seed={self.seed}"] if self.seed else []
+        return apply_overrides(model, train_config, list(self.overrides) + seed)
 
 
 def with_seeds(jobs, seeds):

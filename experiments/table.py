@@ -12,7 +12,7 @@ from minitransformer.data import BOS, template_corpus
 from minitransformer.runs import Run
 
 from .measure import Measurements
-from .timeseries import PhaseStatistics, icl_curve, phase_statistics
+from .timeseries import MIN_FALL, PhaseStatistics, icl_curve, phase_statistics
 
 
 @dataclass(frozen=True)
@@ -71,9 +71,12 @@ def before_after(m, window):
     return i, j, v / max(np.linalg.norm(v), 1e-12)
 
 
-def _removed(change, clean):
-    """The share of an ICL score `clean` (negative) that an ablation's change removes."""
-    return change / -clean if clean < 0 else np.full_like(change, np.nan, dtype=float)
+def removed_share(change, clean):
+    """The share of an ICL score `clean` that an ablation's change removes; NaN where there is
+    no in-context learning to remove (clean above -MIN_FALL: the share would be a ratio of
+    noise)."""
+    change = np.asarray(change, dtype=float)
+    return change / -clean if clean <= -MIN_FALL else np.full_like(change, np.nan)
 
 
 def head_ablations(m, window, attribution):
@@ -87,7 +90,7 @@ def head_ablations(m, window, attribution):
             tokens.append(float("nan"))
             continue
         k = int(np.argmin(np.abs(m.tokens[np.searchsorted(m.steps, m.ablation_steps)] - at)))
-        rows.append((_removed(m.ablation_icl[k], float(m.ablation_clean_icl[k])), attribution[k]))
+        rows.append((removed_share(m.ablation_icl[k], float(m.ablation_clean_icl[k])), attribution[k]))
         tokens.append(float(at))
     return HeadAblations(tuple(tokens), np.stack([r[0] for r in rows]), np.stack([r[1] for r in rows]))
 
@@ -108,7 +111,7 @@ def analyse(name, family, control, run, m):
         induction_heads=[f"{l}.{h}" for l, h in zip(*np.nonzero(m.classes == "induction"))],
         ablation_tokens=m.tokens[np.searchsorted(m.steps, m.ablation_steps)],
         attribution=attribution, before_after_steps=(i, j),
-        shares={str(group): float(change) / -clean if clean < 0 else float("nan")
+        shares={str(group): float(removed_share(change, clean))
                 for group, change in zip(m.group_names, m.group_icl)},
         heads=head_ablations(m, stats.icl_window, attribution))
 

@@ -186,3 +186,9 @@ def test_noise_alone_is_no_phase_change():
         noisy = np.random.default_rng(seed).normal(0, 0.05, 50)     # falls of 0.1 happen by chance
         assert timeseries.icl_window(tokens, noisy) is None, seed
     assert timeseries.icl_window(tokens, _step_curve(tokens, 3e6, 0.4, noise=0.05)) is not None
+
+
+def test_an_ablation_share_needs_in_context_learning_to_remove():
+    assert table.removed_share(np.array([0.1, -0.05]), -0.2).tolist() == [0.5, -0.25]
+    assert np.isnan(table.removed_share(np.array([0.01]), -0.01)).all()   # a ratio of noise
+    assert np.isnan(table.removed_share(np.array([0.01]), 0.02)).all()

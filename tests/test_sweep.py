@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from circuits import ablation_losses, icl_change
-from experiments import measure, report, seeds, sweep
+from experiments import measure, report, seeds, sweep, timeseries
 from experiments.screenshot import check_images
 from minitransformer.io import KILL_AT
 from minitransformer.runs import Run, run_file
@@ -213,7 +213,8 @@ def test_head_ablations_at_the_window_end_are_the_measured_ones(swept):
     for m in models.values():
         k = list(m.m.ablation_steps).index(m.m.steps[-1])
         clean = float(m.m.ablation_clean_icl[k])
-        expected = m.m.ablation_icl[k] / -clean if clean < 0 else np.full(len(m.m.ablation_icl[k]), np.nan)
+        expected = (m.m.ablation_icl[k] / -clean if clean <= -timeseries.MIN_FALL
+                    else np.full(len(m.m.ablation_icl[k]), np.nan))       # nothing to remove
         assert np.allclose(m.heads.share[1], expected, equal_nan=True)
         assert np.allclose(m.heads.projection[1], m.attribution[k])
         if m.window is not None:                          # the window's edges were ablated too
