@@ -22,6 +22,8 @@ The paper's words, and the reading here (timeseries.PhaseStatistics has the defi
 """
 import numpy as np
 
+from .table import percent
+
 SHARE_IN_WINDOW = 0.75
 SHARE_AFTER = 0.10
 CO_OCCURRENCE = 0.5
@@ -33,10 +35,6 @@ def _window(w):
 
 def _heads(m):
     return ", ".join(m.induction_heads) or "none"
-
-
-def _pct(x):
-    return "-" if np.isnan(x) else f"{x:.0%}"
 
 
 def bump_near_window(m):
@@ -61,16 +59,16 @@ def multi_layer_checks(m):
          f"window {_window(m.window)}, induction heads {_heads(m)}",
          m.window is not None and any(int(h.split(".")[0]) == last for h in m.induction_heads)),
         (f"{m.name}: over 75% of the ICL score's fall inside the window",
-         f"{_pct(s.share_in_window)} ({s.icl_before:+.3f} -> {s.icl_after:+.3f} of "
+         f"{percent(s.share_in_window)} ({s.icl_before:+.3f} -> {s.icl_after:+.3f} of "
          f"{s.icl_start:+.3f} -> {s.icl_final:+.3f})", s.share_in_window >= SHARE_IN_WINDOW),
         (f"{m.name}: the ICL score constant after the window (under 10% of its fall after it)",
-         f"{s.change_after:+.3f} nats after it ({_pct(s.share_after)})",
+         f"{s.change_after:+.3f} nats after it ({percent(s.share_after)})",
          s.share_after < SHARE_AFTER),
         (f"{m.name}: a loss bump (departure from convexity above noise) at the window",
          _bump(m), bump_near_window(m)),
         (f"{m.name}: the steepest ICL fall anywhere co-occurs with the prefix-matching rise",
          f"{_window(s.icl_window_anywhere)} vs rise {_window(m.onset)}: overlap "
-         f"{_pct(s.co_occurrence)}", s.co_occurrence >= CO_OCCURRENCE)]
+         f"{percent(s.co_occurrence)}", s.co_occurrence >= CO_OCCURRENCE)]
 
 
 def checks(models):
@@ -101,12 +99,12 @@ def checks(models):
     if "attn-only-2l" in models:
         m = models["attn-only-2l"]
         out.append(("attn-only-2l: ablating the induction heads removes most of the ICL score",
-                    f"{_pct(m.shares.get('induction heads', np.nan))} (all other heads: "
-                    f"{_pct(m.shares.get('all other heads', np.nan))})",
+                    f"{percent(m.shares.get('induction heads', np.nan))} (all other heads: "
+                    f"{percent(m.shares.get('all other heads', np.nan))})",
                     m.shares.get("induction heads", 0) > 0.5))
         share = m.heads.share[0]
         best = np.nan if np.isnan(share).all() else float(np.nanmax(share))
         out.append(("attn-only-2l: one head's ablation alone removes most of the ICL score at "
-                    "the window's end", f"{_pct(best)} (best single head)",
+                    "the window's end", f"{percent(best)} (best single head)",
                     not np.isnan(best) and best > 0.5))
     return out

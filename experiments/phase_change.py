@@ -24,7 +24,7 @@ from minitransformer.runs import Run
 
 from .losses import context_indices, icl_score, snapshot_losses
 from .measure import N_ABLATE
-from .table import removed_share
+from .table import percent, removed_share
 from .timeseries import PhaseStatistics, evaluated_steps, moving_average, phase_statistics
 
 
@@ -133,13 +133,13 @@ def summary_lines(run, a, control=None):
         lines.append(f"  ICL score's steepest fall near that rise (the Model Analysis Table's "
                      f"window): {_m(st.icl_window[0])} -> {_m(st.icl_window[1])} tokens")
         lines.append(f"  ICL score across it (averaged over 3 measurements): {st.icl_before:+.3f} -> "
-                     f"{st.icl_after:+.3f} nats: {_pct(st.share_in_window)} of its fall "
+                     f"{st.icl_after:+.3f} nats: {percent(st.share_in_window)} of its fall "
                      f"({st.icl_start:+.3f} -> {st.icl_final:+.3f}) inside the window (paper: over "
-                     f"75%), {st.change_after:+.3f} after it ({_pct(st.share_after)}; paper: constant)")
+                     f"75%), {st.change_after:+.3f} after it ({percent(st.share_after)}; paper: constant)")
     if st.icl_window_anywhere is not None:
         lines.append(f"  ICL score's steepest fall anywhere (no restriction): "
                      f"{_m(st.icl_window_anywhere[0])} -> {_m(st.icl_window_anywhere[1])} tokens, "
-                     f"overlapping the prefix-matching rise by {_pct(st.co_occurrence)}")
+                     f"overlapping the prefix-matching rise by {percent(st.co_occurrence)}")
     lines.append("  " + bump_line(st.bump))
     heads = ", ".join(f"{l}.{h}: {b:.2f} -> {e:.2f}" for l, h, b, e in a.rising_heads)
     lines.append(f"  heads whose prefix matching rose: {heads or 'none'}")
@@ -157,7 +157,7 @@ def summary_lines(run, a, control=None):
     for where, (tokens, share) in zip(labels, a.head_ablation):
         best = np.argsort(-np.nan_to_num(share, nan=-np.inf))[:3]
         lines.append(f"  ICL score removed by ablating each head alone, {where} ({_m(tokens)}): "
-                     + ", ".join(f"{k // H}.{k % H} {_pct(share[k])}" for k in best))
+                     + ", ".join(f"{k // H}.{k % H} {percent(share[k])}" for k in best))
     if control is not None:
         lines.append(control_gap_line(a, control))
         lines.append("  1-layer control's " + bump_line(control.stats.bump))
@@ -166,10 +166,6 @@ def summary_lines(run, a, control=None):
 
 def _m(tokens):
     return f"{tokens / 1e6:.2f}M"
-
-
-def _pct(x):
-    return "-" if np.isnan(x) else f"{x:.0%}"
 
 
 def bump_line(bump, who="eval loss"):

@@ -73,11 +73,6 @@ def _num(x, spec):
     return "-" if np.isnan(x) else format(x, spec)
 
 
-def _pct(share):
-    """A share as a percentage; '-' where there was nothing to ablate (no such heads)."""
-    return "-" if share is None or np.isnan(share) else f"{share:.0%}"
-
-
 CSS = """body{font-family:sans-serif;max-width:1500px;margin:1em auto;padding:0 1em;color:#222}
 img{max-width:100%} table{border-collapse:collapse;font-size:13px} td,th{border:1px solid #ccc;
 padding:3px 6px;text-align:right} th{background:#f3f3f3} .ok{color:#17803d}.no{color:#c0392b}.part{color:#b86e00}
@@ -146,8 +141,8 @@ def head_ablation_table(models):
                 rows.append([m.name, m.seed, f"{l}.{h}", m.m.classes[l, h],
                              _num(m.m.copying[-1, l, h], "+.2f"), _num(m.m.copying_paper[-1, l, h], "+.2f"),
                              "-" if np.isnan(end) else f"{end / 1e6:.2f}M",
-                             _pct(m.heads.share[0, k]), _num(m.heads.projection[0, k], "+.3f"),
-                             _pct(m.heads.share[1, k]), _num(m.heads.projection[1, k], "+.3f")])
+                             table.percent(m.heads.share[0, k]), _num(m.heads.projection[0, k], "+.3f"),
+                             table.percent(m.heads.share[1, k]), _num(m.heads.projection[1, k], "+.3f")])
     return _html_table(["model", "seed", "head", "class (last snapshot)", "copying (ours, chance 0)",
                         "copying (paper's form, chance -0.85)", "window end",
                         "ICL removed at the window's end", "onto before-and-after",
@@ -244,7 +239,7 @@ def _family_extras(family, members, models, out):
         parts.append("<h3>Argument 3: share of the final ICL score removed by ablating heads together</h3>"
                      "<table><tr><th>model</th><th>induction heads</th><th>all other heads</th>"
                      "<th>clean ICL (ablation sequences)</th></tr>" +
-                     "".join(f"<tr><td>{n}</td><td>{_pct(a)}</td><td>{_pct(b)}</td><td>{c:+.3f}</td></tr>"
+                     "".join(f"<tr><td>{n}</td><td>{table.percent(a)}</td><td>{table.percent(b)}</td><td>{c:+.3f}</td></tr>"
                              for n, a, b, c in table.share_table(members)) + "</table>")
     if family == "attn-only":
         parts.append("<h3>Per-token loss change across the phase change (blue: easier after)</h3>")

@@ -116,15 +116,16 @@ def analyse(name, family, control, run, m):
         heads=head_ablations(m, stats.icl_window, attribution))
 
 
-def _pct(x):
-    return "-" if x is None or np.isnan(x) else f"{x:.0%}"
+def percent(share):
+    """A share as a percentage; '-' where there is none (None or NaN)."""
+    return "-" if share is None or np.isnan(share) else f"{share:.0%}"
 
 
 def summary_line(model):
     s = model.stats
     w, b = s.icl_window, s.bump
     where = (f"window {w[0] / 1e6:.2f}M-{w[1] / 1e6:.2f}M tokens, ICL {s.icl_before:+.3f} -> "
-             f"{s.icl_after:+.3f} ({_pct(s.share_in_window)} of its fall in the window, "
+             f"{s.icl_after:+.3f} ({percent(s.share_in_window)} of its fall in the window, "
              f"{s.change_after:+.3f} after)" if w else "no phase change")
     onset = model.onset
     shares = ", ".join(f"{k} {v:.0%}" for k, v in model.shares.items()) or "nothing"
