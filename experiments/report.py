@@ -108,7 +108,8 @@ WINDOW_RULE = (
     "measurement to the last; <i>after</i>: the change from the window's end to the last. "
     "<i>Loss bump</i> (the paper's: where the loss is not convex): the largest gap between the "
     "eval loss averaged over 5 measurements and its greatest convex minorant, beside the gap "
-    "that noise alone makes (99th percentile of 200 reshuffles of the residuals). The paper's "
+    "that noise alone makes (99th percentile over 200 draws of the minorant plus Gaussian noise "
+    "of the curve's own measurement noise, estimated from its second differences). The paper's "
     "'over 75% of final in-context learning forms in this window' and 'constant for the rest "
     "of training' are checked against the share in the window (&ge; 75%) and after it "
     "(&lt; 10%).</p>")
