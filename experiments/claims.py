@@ -6,8 +6,8 @@ The paper's words, and the reading here (timeseries.PhaseStatistics has the defi
   abrupt window     "develops abruptly in a narrow window": the ICL window rule finds one
   over 75%          "over 75% of final in-context learning forms in this window":
                     share_in_window >= 0.75
-  constant after    "then is constant for the rest of training": under 10% of the ICL
-                    score's fall comes after the window
+  constant after    "then is constant for the rest of training": the ICL score moves by
+                    under 10% of its fall after the window (either way)
   the bump          "the only place in training where the loss is not convex": the eval loss's
                     largest departure from convexity is above what noise makes, and lies
                     within one window-width of the window (where the steep fall begins);
@@ -59,11 +59,13 @@ def multi_layer_checks(m):
          f"window {_window(m.window)}, induction heads {_heads(m)}",
          m.window is not None and any(int(h.split(".")[0]) == last for h in m.induction_heads)),
         (f"{m.name}: over 75% of the ICL score's fall inside the window",
+         "no window" if m.window is None else
          f"{percent(s.share_in_window)} ({s.icl_before:+.3f} -> {s.icl_after:+.3f} of "
          f"{s.icl_start:+.3f} -> {s.icl_final:+.3f})", s.share_in_window >= SHARE_IN_WINDOW),
         (f"{m.name}: the ICL score constant after the window (under 10% of its fall after it)",
+         "no window" if m.window is None else
          f"{s.change_after:+.3f} nats after it ({percent(s.share_after)})",
-         s.share_after < SHARE_AFTER),
+         abs(s.share_after) < SHARE_AFTER),
         (f"{m.name}: a loss bump (departure from convexity above noise) at the window",
          _bump(m), bump_near_window(m)),
         (f"{m.name}: the steepest ICL fall anywhere co-occurs with the prefix-matching rise",
