@@ -191,9 +191,10 @@ def build(root, jobs, out, log=print, colour="class", measure=True, device="cpu"
         body.append(f"<p class=no>Not in this report (not trained or not measured yet): {html.escape(', '.join(missing))}</p>")
     lines = [table.summary_line(m) for m in every]
     checks = seeds.checks_over_seeds(every, claims.checks)
-    early, late = context_indices(first_n_ctx(every))
+    n_ctx = first_n_ctx(every)
+    early, late = context_indices(n_ctx)
     body += ["<h2>Summary (median [range] over seeds)</h2>", summary_table(every),
-             WINDOW_RULE.format(early=early, late=late, half=max(1, round(first_n_ctx(every) / 64))),
+             WINDOW_RULE.format(early=early, late=late, half=max(1, round(n_ctx / 64))),
              "<h2>The paper's claims, seed by seed</h2>", claims_table(every),
              "<h2>Argument 3, head by head (pattern-preserving ablations)</h2>",
              "<p>Positive shares: the model learns less in context without the head; the "
