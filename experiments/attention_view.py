@@ -27,18 +27,6 @@ from minitransformer.data import BOS
 from .table import passage_tokens
 
 SPAN = 31             # tokens of eval text, shown twice after BOS: 63 tokens
-ESCAPES = {9: "\\t", 10: "\\n", 13: "\\r"}
-
-
-def token_label(token):
-    """How a byte token is shown: BOS, a printable ASCII character as itself, any other byte
-    as its escape ("\\n", "\\xe9")."""
-    token = int(token)
-    if token == BOS:
-        return "BOS"
-    if 32 <= token < 127:
-        return chr(token)
-    return ESCAPES.get(token, f"\\x{token:02x}")
 
 
 def repeated_passage(eval_tokens, n_ctx, span=SPAN):
@@ -100,7 +88,7 @@ def view_data(model, tokens):
     """Everything one model's view shows, as a JSON-ready dict."""
     chosen, note = view_snapshots(model)
     return {"name": model.name, "n_heads": model.run.config.n_heads, "note": note,
-            "tokens": [int(t) for t in tokens], "labels": [token_label(t) for t in tokens],
+            "tokens": [int(t) for t in tokens], "labels": [model.run.tokenizer.label(t) for t in tokens],
             "snapshots": [snapshot_data(model, label, i, tokens) for label, i in chosen]}
 
 
@@ -129,7 +117,8 @@ def section(models, text=None):
     views = []
     for k, m in enumerate(deep):
         n_ctx = m.run.config.n_ctx
-        tokens = repeated_passage(m.run.eval_tokens, n_ctx) if text is None else passage_tokens(text, n_ctx)
+        tokens = (repeated_passage(m.run.eval_tokens, n_ctx) if text is None
+                  else passage_tokens(text, n_ctx, m.run.tokenizer))
         views.append(model_view(m, tokens, opened=k == 0))
     passage = ("BOS, a span of each run's eval text and the same span again" if text is None
                else "BOS and the passage below")

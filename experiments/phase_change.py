@@ -125,10 +125,10 @@ def summary_lines(run, a, control=None):
                      if run.config.n_layers > 1 else
                      "  phase change: none detected (no head's prefix matching rose by 0.1)")
     else:
-        width = (st.prefix_rise[1] - st.prefix_rise[0]) / a.tokens[-1]
+        inside = "" if np.isnan(st.share_in_rise) else f"; {st.share_in_rise:.0%} of the ICL fall inside it"
         lines.append(f"  phase change window (prefix matching 10%->90% of its rise): "
                      f"{_m(st.prefix_rise[0])} -> {_m(st.prefix_rise[1])} tokens "
-                     f"({width:.0%} of the run)")
+                     f"(x{st.rise_ratio:.2f} in tokens, {st.rise_share:.0%} of the run{inside})")
     if st.icl_window is not None:
         lines.append(f"  ICL score's steepest fall near that rise (the Model Analysis Table's "
                      f"window): {_m(st.icl_window[0])} -> {_m(st.icl_window[1])} tokens")

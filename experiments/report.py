@@ -56,16 +56,18 @@ def _img(path, out, alt):
     return f'<p><img src="{html.escape(str(rel))}" alt="{html.escape(alt)}"></p>'
 
 
-def coloured_text(data, before, after):
-    """Bytes coloured by the change in per-token loss (blue: easier after, red: harder)."""
+def coloured_text(pieces, before, after):
+    """Each token's text (str) coloured by the change in its loss (blue: easier after, red:
+    harder); a newline shown as a return sign and a line break."""
     diff = after - before
     scale = max(float(np.abs(diff).max()), 1e-9)
     spans = []
-    for byte, d, b, a in zip(data, diff, before, after):
-        char = chr(byte) if 32 <= byte < 127 else ("\u23ce" if byte == 10 else "\u00b7")
+    for piece, d, b, a in zip(pieces, diff, before, after):
+        shown = "".join(c if c.isprintable() or c == " " else
+                        ("\u23ce" if c == "\n" else "\u00b7") for c in piece)
         rgb = "40,90,220" if d < 0 else "220,50,40"
         spans.append(f'<span title="{b:.2f} -> {a:.2f} nats" style="background:rgba({rgb},'
-                     f'{abs(d) / scale:.2f})">{html.escape(char)}</span>' + ("<br>" if byte == 10 else ""))
+                     f'{abs(d) / scale:.2f})">{html.escape(shown)}</span>' + ("<br>" if "\n" in piece else ""))
     return '<div class="passage">' + "".join(spans) + "</div>"
 
 

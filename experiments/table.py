@@ -9,6 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minitransformer.data import BOS, template_corpus
+from minitransformer.tokenizer import BYTES
 from minitransformer.runs import Run
 
 from .measure import Measurements
@@ -160,17 +161,17 @@ PASSAGE = ("This is the house that Jack built. This is the malt that lay in the 
            "is the cat that killed the rat that ate the malt that lay in the house that Jack built.")
 
 
-def passage_tokens(text, n_ctx):
-    """BOS + the bytes of `text` (str or bytes), cut to n_ctx tokens -> (T,) int64."""
-    data = text.encode() if isinstance(text, str) else bytes(text)
-    return np.concatenate([[BOS], np.frombuffer(data, np.uint8)[: n_ctx - 1]]).astype(np.int64)
+def passage_tokens(text, n_ctx, tokenizer=BYTES):
+    """BOS + the tokens of `text` (str or UTF-8 bytes), cut to n_ctx tokens -> (T,) int64."""
+    return np.concatenate([[BOS], tokenizer.encode(text)[: n_ctx - 1]]).astype(np.int64)
 
 
 def passage_losses(run, steps, text=PASSAGE):
-    """Per-token losses of `text` (bytes, after BOS) at each snapshot step -> (bytes, (K, n))."""
-    tokens = passage_tokens(text, run.config.n_ctx)
-    data = bytes(tokens[1:].astype(np.uint8))
-    return data, np.stack([run.model(s).per_token_loss(tokens[None])[0] for s in steps])
+    """Per-token losses of `text` (after BOS) at each snapshot step -> ([each token's text],
+    (K, n))."""
+    tokens = passage_tokens(text, run.config.n_ctx, run.tokenizer)
+    pieces = [run.tokenizer.decode([t]) for t in tokens[1:]]
+    return pieces, np.stack([run.model(s).per_token_loss(tokens[None])[0] for s in steps])
 
 
 # ---- Argument 4: attention from ':' to earlier lines of the same template --------------------

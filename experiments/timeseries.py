@@ -235,6 +235,8 @@ class PhaseStatistics:
     icl_after: float             #   (NaN without a window)
     share_in_window: float       # (icl_before - icl_after) / (icl_start - icl_final): the paper's
                                  #   "over 75% of final in-context learning forms in this window"
+    share_in_rise: float         # the same across prefix_rise itself (how sharp: issue 23's
+                                 #   third yardstick, beside rise_ratio and rise_share)
     change_after: float          # icl_final - icl_after, nats: 0 when "constant for the rest of
                                  #   training"; negative when it goes on falling
     share_after: float           # the same as a share of the whole fall
@@ -243,6 +245,17 @@ class PhaseStatistics:
     bump: LossBump               # the paper's loss bump, over the whole run
     rise_above_minimum: float    # the largest rise of eval loss above its running minimum
                                  #   inside icl_window (an outright increase; NaN without one)
+    run_tokens: float = float("nan")   # the last measurement's training tokens
+
+    @property
+    def rise_ratio(self):
+        """How sharp prefix matching's rise is: its end over its start in tokens (NaN: none)."""
+        return self.prefix_rise[1] / self.prefix_rise[0] if self.prefix_rise and self.prefix_rise[0] else float("nan")
+
+    @property
+    def rise_share(self):
+        """prefix_rise's length as a share of the run (NaN: none)."""
+        return (self.prefix_rise[1] - self.prefix_rise[0]) / self.run_tokens if self.prefix_rise else float("nan")
 
 
 def phase_statistics(tokens, icl, eval_loss, prefix_tokens, prefix):
@@ -254,15 +267,18 @@ def phase_statistics(tokens, icl, eval_loss, prefix_tokens, prefix):
     rise = prefix_onset(np.asarray(prefix_tokens, dtype=float), prefix)
     window = icl_window(tokens, icl, near=rise)
     before, after = across(tokens, icl, window) or (float("nan"), float("nan"))
+    rise_before, rise_after = across(tokens, icl, rise) or (float("nan"), float("nan"))
     start, final = float(icl[0]), float(icl[-1])
     fall = start - final
-    has_fall = window is not None and fall >= MIN_FALL
+    has_fall = fall >= MIN_FALL
     share = lambda change: change / fall if has_fall else float("nan")   # noqa: E731
     anywhere = icl_window(tokens, icl)
     return PhaseStatistics(
         prefix_rise=rise, icl_window=window, icl_window_anywhere=anywhere, icl_start=start,
         icl_final=final, icl_before=before, icl_after=after,
-        share_in_window=share(before - after), change_after=final - after,
+        share_in_window=share(before - after), share_in_rise=share(rise_before - rise_after),
+        change_after=final - after,
         share_after=share(after - final), co_occurrence=overlap_share(anywhere, rise),
         bump=loss_bump(tokens, eval_loss),
-        rise_above_minimum=loss_rise_above_minimum(tokens, np.asarray(eval_loss, float), window))
+        rise_above_minimum=loss_rise_above_minimum(tokens, np.asarray(eval_loss, float), window),
+        run_tokens=float(tokens[-1]) if len(tokens) else float("nan"))

@@ -4,9 +4,11 @@ Tokens are bytes (vocabulary 256): nothing to download, every token visible. Doc
 joined with byte 0 (NUL, absent from text), which also serves as the start-of-sequence token
 (BOS) for the evaluators, so a model has seen it begin documents.
 """
+import glob
 import hashlib
 import os
 import pathlib
+import re
 import sysconfig
 from dataclasses import dataclass
 
@@ -75,6 +77,88 @@ def _join(docs):
     return np.frombuffer(b"".join(bytes([BOS]) + d for d in docs), dtype=np.uint8).copy()
 
 
+# ---- the second corpus: the prose of Python's documentation -------------------------------
+
+# Debian's python3-doc (3.11.2-1 on Debian 12) installs the documentation's reStructuredText
+# sources; `make pydocs` installs the package. The prose of those 497 files is pinned by its
+# hash, so "pydocs" means the same text on every machine or is refused.
+PYDOCS_GLOB = "/usr/share/doc/python3*/html/_sources"
+PYDOCS_SHA256 = "2d24dcc6ab20124a9cada7664875b878c152fd55e724a573aabbfc9956afc477"
+CODE_DIRECTIVE = re.compile(r"\s*\.\. (code-block|sourcecode|code|doctest|testcode|testoutput|"
+                            r"testsetup|testcleanup|productionlist|literalinclude|highlight)::")
+
+
+def prose(text):
+    """reStructuredText -> its prose: literal blocks (the indented block after a paragraph
+    that ends in '::', which becomes ':'), code directives with their bodies and doctest
+    paragraphs ('>>>' to the next blank line) are left out; markup is kept."""
+    out, block, doctest = [], None, False
+    for line in text.splitlines(keepends=True):
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if block is not None:
+            if not stripped or indent > block:
+                continue
+            block = None
+            out.append("\n")
+        if doctest:
+            if stripped:
+                continue
+            doctest = False
+        if stripped.startswith(">>>"):
+            doctest = True
+        elif CODE_DIRECTIVE.match(line):
+            block = indent
+        elif stripped.endswith("::") and not stripped.startswith(".. "):
+            block = indent
+            head = line.rstrip()[:-2]
+            if head.strip():
+                out.append(head.rstrip() + ("\n" if head.endswith(" ") else ":\n"))
+        else:
+            out.append(line)
+    return "".join(out)
+
+
+def pydocs_folder():
+    """Where python3-doc put the documentation's sources, or a one-line error saying how to
+    install them."""
+    found = sorted(glob.glob(PYDOCS_GLOB))
+    if not found:
+        raise ValueError(f"--corpus pydocs: no {PYDOCS_GLOB}; install Debian's python3-doc "
+                         f"(make pydocs, as root: apt-get install python3-doc)")
+    return pathlib.Path(found[-1])
+
+
+def pydocs_corpus(folder=None, eval_fraction=0.1, pinned=PYDOCS_SHA256):
+    """The prose of Python's documentation (data.prose of every .rst.txt source), split by
+    file; refused unless it hashes to `pinned` (None: any)."""
+    root = pathlib.Path(folder) if folder is not None else pydocs_folder()
+    files = sorted(root.rglob("*.rst.txt"))
+    names = [str(f.relative_to(root)) for f in files]
+    docs = {n: prose(f.read_text(encoding="utf-8")).encode() for n, f in zip(names, files)}
+    corpus = _split("pydocs", docs, eval_fraction, "--corpus pydocs")
+    if pinned is not None and corpus.sha256 != pinned:
+        raise ValueError(f"--corpus pydocs: {root} hashes to {corpus.sha256[:12]}, not the pinned "
+                         f"{pinned[:12]} (python3-doc 3.11.2-1); give --corpus {root} to train on "
+                         f"these docs as code files instead")
+    return corpus
+
+
+def _split(name, docs, eval_fraction, flag):
+    """{name: bytes} -> Corpus split by document name (_eval_names), hashed over names and
+    contents."""
+    held_out = _eval_names(list(docs), eval_fraction)
+    digest = hashlib.sha256()
+    train_docs, eval_docs = [], []
+    for relative, data in docs.items():
+        digest.update(relative.encode() + b"\x00" + data)
+        (eval_docs if relative in held_out else train_docs).append(data)
+    if not train_docs or not eval_docs or not sum(map(len, train_docs)):
+        raise ValueError(f"{flag}: needs text files for both the train and the eval "
+                         f"split; found {len(train_docs)} train and {len(eval_docs)} eval files")
+    return Corpus(name, _join(train_docs), _join(eval_docs), digest.hexdigest())
+
+
 def load_corpus(path=None, eval_fraction=0.1, tests=True):
     """The built-in corpus (path None: the Python standard library's source, with its test
     folders unless tests=False) or a text file or folder of text files. Folders split by
@@ -96,18 +180,8 @@ def load_corpus(path=None, eval_fraction=0.1, tests=True):
             train, held = _join([data[:cut]]), _join([data[cut:]])
             return Corpus(name, train, held, hashlib.sha256(data).hexdigest())
         files = sorted(p for p in root.rglob("*") if p.is_file() and not p.name.startswith("."))
-    train_docs, eval_docs = [], []
-    digest = hashlib.sha256()
-    names = [str(f.relative_to(root)) for f in files]
-    held_out = _eval_names(names, eval_fraction)
-    for f, relative in zip(files, names):
-        data = _read_text(f)
-        digest.update(relative.encode() + b"\x00" + data)
-        (eval_docs if relative in held_out else train_docs).append(data)
-    if not train_docs or not eval_docs or not sum(map(len, train_docs)):
-        raise ValueError(f"--corpus {path}: needs text files for both the train and the eval "
-                         f"split; found {len(train_docs)} train and {len(eval_docs)} eval files")
-    return Corpus(name, _join(train_docs), _join(eval_docs), digest.hexdigest())
+    docs = {str(f.relative_to(root)): _read_text(f) for f in files}
+    return _split(name, docs, eval_fraction, f"--corpus {path}")
 
 
 def random_crops(stream, n, n_ctx, rng):
@@ -224,9 +298,12 @@ def describe(corpus):
 
 def corpus_from_spec(spec):
     """'stdlib' (default: the standard library with its tests) | 'stdlib-no-tests' |
-    'synthetic:repeated' | 'synthetic:template' | a path."""
+    'pydocs' (the prose of Python's documentation) | 'synthetic:repeated' |
+    'synthetic:template' | a path."""
     if spec in (None, "", "stdlib"):
         return load_corpus(None)
+    if spec == "pydocs":
+        return pydocs_corpus()
     if spec == "stdlib-no-tests":
         return load_corpus(None, tests=False)
     if spec == "synthetic:repeated":

@@ -12,6 +12,7 @@ import numbers
 from dataclasses import asdict, dataclass, fields
 
 from .config import ModelConfig
+from .tokenizer import parse_spec
 
 INT_FIELDS = ("batch_size", "total_tokens", "warmup_steps", "seed", "eval_seed", "n_eval", "snapshots",
               "threads")
@@ -22,7 +23,8 @@ FLOAT_FIELDS = ("repeat_fraction", "synthetic_fraction", "lr", "weight_decay", "
 @dataclass
 class TrainConfig:
     """How a model is trained. total_tokens sets the length; snapshots are spread over it."""
-    corpus: str = "stdlib"            # "stdlib" | "synthetic:repeated" | "synthetic:template" | a path
+    corpus: str = "stdlib"            # "stdlib" | "pydocs" | "synthetic:repeated" | "synthetic:template" | a path
+    tokenizer: str = "bytes"          # or "bpe:N", learned from the corpus (minitransformer.tokenizer)
     batch_size: int = 8
     repeat_fraction: float = 0.0      # share of training windows given a repeated span (data.repeat_spans)
     synthetic_fraction: float = 0.0   # share of windows replaced by repeated random tokens (data.random_repeat_windows)
@@ -53,6 +55,9 @@ class TrainConfig:
                 expected = "an integer" if kind is numbers.Integral else "a number"
                 raise ValueError(f"{name}: expected {expected}, got {value!r}")
             setattr(self, name, int(value) if kind is numbers.Integral else float(value))
+        if not isinstance(self.tokenizer, str):
+            raise ValueError(f"tokenizer: expected 'bytes' or 'bpe:N', got {self.tokenizer!r}")
+        parse_spec(self.tokenizer)
         checks = {"corpus": isinstance(self.corpus, str), "seed": 0 <= self.seed < 2**63,
                   "eval_seed": 0 <= self.eval_seed < 2**63, "batch_size": self.batch_size >= 1,
                   "repeat_fraction": 0 <= self.repeat_fraction <= 1,
@@ -150,4 +155,7 @@ def apply_overrides(model, train, items):
             raise ValueError(f"unknown key {key!r}; valid keys: {', '.join(model_keys + train_keys)}")
         target = model if key in model_keys else train
         target[key] = _parse(text, target.get(key, defaults.get(key)), key)
+    if any(i.startswith("tokenizer=") for i in items) and not any(
+            i.startswith("d_vocab=") for i in items):
+        model["d_vocab"] = parse_spec(train["tokenizer"])   # the vocabulary follows the tokenizer
     return model, train

@@ -3,7 +3,8 @@
 run.npz holds: format_version; model_config, train_config, corpus (JSON strings); the
 training log (log.step, log.tokens, log.loss, log.lr, log.grad_norm, log.seconds); the
 snapshot index (snapshot.steps, snapshot.tokens); the fixed eval set (eval_tokens) and the
-train split's token_counts; the latest weights (param.<name>), optimizer state
+train split's token_counts; a BPE run's tokenizer (its Hugging Face JSON as UTF-8
+bytes; a byte-level run has none); the latest weights (param.<name>), optimizer state
 (optim.<key>), and the position of the data stream (state.step, state.tokens, state.rng) for
 --resume. A snapshot file holds param.<name>, step and tokens.
 
@@ -25,6 +26,7 @@ from .config import ModelConfig
 from .npz import Archive, one_line, read_npz, save_npz  # noqa: F401 (read_npz, save_npz re-exported)
 from .params import param_shapes
 from .presets import TrainConfig
+from .tokenizer import BYTES, from_run
 
 FORMAT_VERSION = 1
 RUN_FILE = "run.npz"
@@ -57,7 +59,7 @@ def _json(archive, key, kind=dict):
 
 # fields added to a config after runs were written without them: the value that says what
 # those runs did (threads: they ran the step as one call)
-ADDED_FIELDS = {"TrainConfig": {"threads": 1}}
+ADDED_FIELDS = {"TrainConfig": {"threads": 1, "tokenizer": "bytes"}}
 
 
 def _config(archive, key, cls):
@@ -129,6 +131,12 @@ class Run:
             raise ValueError(f"{self.path}: key 'state.rng' is not a generator state "
                              f"({one_line(e)})") from None
         self.eval_tokens, self.token_counts = data["eval_tokens"], data["token_counts"]
+        stored = (archive.read("tokenizer", (None,), "u").astype(np.uint8).tobytes().decode()
+                  if "tokenizer" in archive.keys else "")
+        self.tokenizer = from_run(tc.tokenizer, stored, self.path)
+        if self.tokenizer.hf_json and self.tokenizer.vocab_size > cfg.d_vocab:
+            raise ValueError(f"{self.path}: key 'tokenizer' has {self.tokenizer.vocab_size} tokens,"
+                             f" more than the model's d_vocab={cfg.d_vocab}")
         if self.eval_tokens.size and self.eval_tokens.max() >= cfg.d_vocab:
             raise ValueError(f"{self.path}: key 'eval_tokens' holds token {self.eval_tokens.max()}"
                              f", outside the model's d_vocab={cfg.d_vocab}")
@@ -202,8 +210,8 @@ def _text(value):
 
 
 def run_arrays(model_config, train_config, corpus, eval_tokens, token_counts, log, snapshots,
-               params, optim_state, step, tokens, rng_state):
-    """Everything run.npz holds, as {key: array}."""
+               params, optim_state, step, tokens, rng_state, tokenizer=BYTES):
+    """Everything run.npz holds, as {key: array}; a BPE tokenizer's JSON as UTF-8 bytes."""
     arrays = {"format_version": np.array(FORMAT_VERSION),
               "model_config": _text(model_config), "train_config": _text(train_config),
               "corpus": _text(corpus), "eval_tokens": eval_tokens, "token_counts": token_counts,
@@ -211,6 +219,8 @@ def run_arrays(model_config, train_config, corpus, eval_tokens, token_counts, lo
               "snapshot.tokens": np.array([t for _, t in snapshots], dtype=np.int64),
               "state.step": np.array(step), "state.tokens": np.array(tokens),
               "state.rng": _text(rng_state)}
+    if tokenizer.hf_json:
+        arrays["tokenizer"] = np.frombuffer(tokenizer.hf_json.encode(), np.uint8)
     arrays.update({"log." + k: np.asarray(v) for k, v in log.items()})
     arrays.update({"param." + k: v for k, v in params.items()})
     arrays.update({"optim." + k: np.asarray(v) for k, v in optim_state.items()})

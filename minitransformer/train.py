@@ -20,6 +20,7 @@ from .config import ModelConfig
 from .data import (corpus_from_spec, describe, eval_set, random_crops, random_repeat_windows,
                    repeat_spans)
 from .io import error, os_error
+from .tokenizer import BYTES, tokenize
 from .model import Model
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .presets import PRESETS, apply_overrides, preset
@@ -112,8 +113,11 @@ def check_fits(cfg, tc):
                          f"{culprits}: make them smaller")
 
 
-def check_corpus(corpus, cfg, tc):
+def check_corpus(corpus, cfg, tc, tokenizer=BYTES):
     """The corpus must fit the model: tokens below d_vocab, each split longer than n_ctx."""
+    if tokenizer.hf_json and tokenizer.vocab_size > cfg.d_vocab:
+        raise ValueError(f"d_vocab={cfg.d_vocab}: tokenizer {tc.tokenizer} has "
+                         f"{tokenizer.vocab_size} tokens; set d_vocab={tokenizer.vocab_size}")
     top = max(int(corpus.train.max(initial=0)), int(corpus.eval.max(initial=0)))
     if top >= cfg.d_vocab:
         raise ValueError(f"d_vocab={cfg.d_vocab}: corpus {tc.corpus!r} holds token {top}; "
@@ -136,7 +140,7 @@ def _writable_folder(out):
             raise ValueError(f"{folder}: cannot write a run there (no write permission)")
 
 
-def _stored_run(out, cfg, tc, corpus, resume, force):
+def _stored_run(out, cfg, tc, corpus, tokenizer, resume, force):
     """The run in `out` to continue (None: start afresh), after the checks that keep a run
     from being lost: --force only after everything else is validated, --resume only with
     the stored run's settings and data."""
@@ -163,6 +167,10 @@ def _stored_run(out, cfg, tc, corpus, resume, force):
         raise ValueError(f"{run.path}: key 'corpus' names data with sha256 "
                          f"{run.corpus['sha256'][:12]}, but {tc.corpus} now hashes to "
                          f"{corpus.sha256[:12]}; cannot resume on different data")
+    if run.tokenizer.sha256 != tokenizer.sha256:
+        raise ValueError(f"{run.path}: key 'tokenizer' ({tc.tokenizer}, sha256 "
+                         f"{run.tokenizer.sha256[:12]}) is not the one learned from {tc.corpus} "
+                         f"now (sha256 {tokenizer.sha256[:12]}); cannot resume on other tokens")
     return run
 
 
@@ -193,15 +201,16 @@ def train(out, model_config, train_config, resume=False, force=False, progress=T
     cfg = ModelConfig.from_dict(model_config)
     tc = as_train_config(train_config)
     check_fits(cfg, tc)
-    corpus = corpus_from_spec(tc.corpus)
-    check_corpus(corpus, cfg, tc)
+    text = corpus_from_spec(tc.corpus)
+    corpus, tokenizer = tokenize(text, tc.tokenizer)
+    check_corpus(corpus, cfg, tc, tokenizer)
     with run_lock(out, wait=False):
         _writable_folder(out)
-        return _train(out, cfg, tc, corpus, _stored_run(out, cfg, tc, corpus, resume, force),
-                      progress, smear)
+        run = _stored_run(out, cfg, tc, text, tokenizer, resume, force)
+        return _train(out, cfg, tc, corpus, tokenizer, run, progress, smear)
 
 
-def _train(out, cfg, tc, corpus, run, progress, smear):
+def _train(out, cfg, tc, corpus, tokenizer, run, progress, smear):
     tokens_per_step = tc.batch_size * cfg.n_ctx
     total_steps = max(1, math.ceil(tc.total_tokens / tokens_per_step))
     schedule = snapshot_schedule(total_steps, tc.snapshots, tc.snapshot_spacing)
@@ -227,7 +236,7 @@ def _train(out, cfg, tc, corpus, run, progress, smear):
     # the threads this machine gives the step, stored as used (a GPU step is never split)
     tc = replace(tc, threads=resolve_threads(tc.threads, tc.batch_size) if model.xp is np else 1)
     if progress:
-        print(f"{out}: {describe(corpus)}; {total_steps} steps of {tokens_per_step} tokens, "
+        print(f"{out}: {describe(corpus)} ({tc.tokenizer}); {total_steps} steps of {tokens_per_step} tokens, "
               f"{len(schedule)} snapshots", file=sys.stderr)
     bar = Progress(total_steps, tokens_per_step, enabled=progress, label=f"{out.name}: ")
     start = time.time() - elapsed
@@ -242,7 +251,7 @@ def _train(out, cfg, tc, corpus, run, progress, smear):
         save_npz(run_file(out), run_arrays(
             cfg.to_dict(), tc.to_dict(), {"name": corpus.name, "sha256": corpus.sha256},
             eval_tokens, token_counts, log, snapshots, host, opt_state, step,
-            step * tokens_per_step, rng.bit_generator.state))
+            step * tokens_per_step, rng.bit_generator.state, tokenizer))
         bar.snapshot(step, loss, lr)
 
     saved = {s for s, _ in snapshots}

@@ -14,6 +14,7 @@ from circuits import HeadScores
 from experiments import attention_view, measure, report, sweep, table
 from experiments.screenshot import check_images
 from minitransformer.data import BOS
+from minitransformer.tokenizer import BYTES
 from minitransformer.runs import Run
 
 from browser import requested_urls, skip_reason, start_chromium  # noqa: E402
@@ -50,7 +51,7 @@ def patterns(run, step, tokens):
 # ---- the data, without a browser ----------------------------------------------------------
 
 def test_tokens_are_shown_as_bytes_with_escapes():
-    labels = [attention_view.token_label(t) for t in (BOS, 65, 32, 60, 34, 10, 9, 127, 0xE9)]
+    labels = [BYTES.label(t) for t in (BOS, 65, 32, 60, 34, 10, 9, 127, 0xE9)]
     assert labels == ["BOS", "A", " ", "<", '"', "\\n", "\\t", "\\x7f", "\\xe9"]
 
 
@@ -236,7 +237,7 @@ def test_a_passage_with_markup_is_shown_as_text(driver, built):
     from selenium.webdriver.common.by import By
     driver.get_log("browser")
     view = open_view(driver, built.markup)
-    expected = [attention_view.token_label(t) for t in table.passage_tokens(MARKUP, built.run.config.n_ctx)]
+    expected = [BYTES.label(t) for t in table.passage_tokens(MARKUP, built.run.config.n_ctx)]
     assert [s.get_attribute("textContent") for s in query_tokens(view)] == expected
     assert "\\xc3" in expected and "\\xa9" in expected and "</script>" in "".join(expected)
     assert driver.execute_script("return typeof injected") == "undefined"

@@ -165,8 +165,7 @@ def test_template_lines_keep_documents_apart():
 
 
 def test_coloured_text_escapes_and_colours_each_byte():
-    data = b"a<b\nc"
-    page = coloured_text(data, np.array([1.0, 1, 1, 1, 1]), np.array([0.0, 1, 2, 1, 1]))
+    page = coloured_text(["a", "<", "b", "\n", "c"], np.array([1.0, 1, 1, 1, 1]), np.array([0.0, 1, 2, 1, 1]))
     assert page.count("<span") == 5 and "&lt;" in page and "<br>" in page
     assert "rgba(40,90,220,1.00)" in page and "rgba(220,50,40,1.00)" in page   # easier / harder
 
