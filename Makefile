@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 RUNS ?= runs
 
-.PHONY: install test test-thorough bench train-2l train-1l train-2l-mixed reproduce reproduce-small help
+.PHONY: install test test-thorough bench train-2l train-1l train-2l-mixed reproduce reproduce-small help pydocs train-2l-pydocs
 
 # train PRESET into RUNS/PRESET, resuming it if it is already there (a finished run is kept)
 define train
@@ -14,6 +14,7 @@ endef
 help:
 	@echo "make train-2l   train the 2-layer attention-only model on natural text, show its phase change"
 	@echo "make train-1l   the 1-layer control (no induction head can form)"
+	@echo "make train-2l-pydocs   the same on a second kind of text: the prose of Python's documentation"
 	@echo "make train-2l-mixed   fast demo, synthetic-assisted: half the windows repeated random tokens"
 	@echo "make test       install the dev extras and run every test"
 	@echo "make bench      time training steps against PyTorch on this machine"
@@ -46,6 +47,22 @@ train-2l: install
 train-1l: install
 	$(call train,attn-only-1l)
 	$(PYTHON) -m experiments.phase_change $(RUNS)/attn-only-1l
+
+# the second corpus: the prose of Python's documentation (Debian's python3-doc, pinned by hash
+# in minitransformer/data.py). Installs the package where this runs as root with apt.
+pydocs:
+	@ls -d /usr/share/doc/python3*/html/_sources >/dev/null 2>&1 || \
+	{ [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+	  { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-doc; } >/dev/null 2>&1; } || \
+	{ echo "python3-doc is not installed: as root, apt-get install python3-doc"; exit 2; }
+
+# the 2-layer model and its 1-layer control on that corpus
+train-2l-pydocs: install pydocs
+	@for p in attn-only-1l attn-only-2l; do \
+		if [ -f $(RUNS)/pydocs-$$p/run.npz ]; then flag=--resume; else flag=; fi; \
+		$(PYTHON) -m minitransformer.train --preset $$p --corpus pydocs --out $(RUNS)/pydocs-$$p $$flag || exit 1; \
+	done
+	$(PYTHON) -m experiments.phase_change $(RUNS)/pydocs-attn-only-2l --control $(RUNS)/pydocs-attn-only-1l
 
 # the fast demo: synthetic-assisted (half of the training windows are repeated random tokens)
 train-2l-mixed: install

@@ -218,3 +218,13 @@ def test_the_installed_pydocs_is_the_pinned_text():
     corpus = data.corpus_from_spec("pydocs")
     assert corpus.sha256 == data.PYDOCS_SHA256
     assert len(corpus.train) > 8_000_000 and b"Classes provide a means of bundling" in corpus.train.tobytes() + corpus.eval.tobytes()
+
+
+def test_passages_are_shown_in_the_runs_tokens(bpe_run):
+    from experiments import table
+    run = Run(bpe_run.dir)
+    pieces, losses = table.passage_losses(run, run.snapshot_steps[[0, -1]], text="the cat sat on a mat")
+    assert "".join(pieces) == "the cat sat on a mat" and losses.shape == (2, len(pieces))
+    assert len(pieces) < len("the cat sat on a mat")                    # BPE tokens, not bytes
+    tokens = table.passage_tokens("the cat", run.config.n_ctx, run.tokenizer)
+    assert tokens[0] == BOS and run.tokenizer.decode(tokens) == "the cat"
