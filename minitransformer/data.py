@@ -184,12 +184,16 @@ def load_corpus(path=None, eval_fraction=0.1, tests=True):
     return _split(name, docs, eval_fraction, f"--corpus {path}")
 
 
-def random_crops(stream, n, n_ctx, rng):
-    """n random windows of n_ctx tokens from a uint8 stream -> (n, n_ctx) int64."""
+def random_crops(stream, n, n_ctx, rng, bos_first=False):
+    """n random windows of n_ctx tokens from a token stream -> (n, n_ctx) int64; with
+    bos_first, BOS and n_ctx - 1 tokens of the stream (every window begins like a document, as
+    the evaluators' sequences do: a first position every head can rest its attention on)."""
     if len(stream) < n_ctx + 1:
         raise ValueError(f"corpus: {len(stream)} tokens is shorter than n_ctx={n_ctx}")
-    starts = rng.integers(0, len(stream) - n_ctx + 1, size=n)
-    return stream[starts[:, None] + np.arange(n_ctx)].astype(np.int64)
+    width = n_ctx - 1 if bos_first else n_ctx
+    starts = rng.integers(0, len(stream) - width + 1, size=n)
+    crops = stream[starts[:, None] + np.arange(width)].astype(np.int64)
+    return np.concatenate([np.full((n, 1), BOS), crops], axis=1) if bos_first else crops
 
 
 def repeat_spans(windows, fraction, rng, min_length=None):
@@ -219,9 +223,10 @@ def random_repeat_windows(windows, fraction, rng, segment=(8, 64), d_vocab=256):
     return windows
 
 
-def eval_set(corpus, n, n_ctx, seed):
-    """The fixed eval set: n windows of the held-out split, drawn once with its own seed."""
-    return random_crops(corpus.eval, n, n_ctx, np.random.default_rng(seed))
+def eval_set(corpus, n, n_ctx, seed, bos_first=False):
+    """The fixed eval set: n windows of the held-out split, drawn once with its own seed (laid
+    out as the training windows are: bos_first)."""
+    return random_crops(corpus.eval, n, n_ctx, np.random.default_rng(seed), bos_first)
 
 
 def candidate_tokens(token_counts, drop_fraction=0.1, min_share=1e-5):

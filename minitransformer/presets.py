@@ -25,6 +25,7 @@ class TrainConfig:
     """How a model is trained. total_tokens sets the length; snapshots are spread over it."""
     corpus: str = "stdlib"            # "stdlib" | "pydocs" | "synthetic:repeated" | "synthetic:template" | a path
     tokenizer: str = "bytes"          # or "bpe:N", learned from the corpus (minitransformer.tokenizer)
+    bos_first: bool = False           # every training and eval window starts with BOS (data.random_crops)
     batch_size: int = 8
     repeat_fraction: float = 0.0      # share of training windows given a repeated span (data.repeat_spans)
     synthetic_fraction: float = 0.0   # share of windows replaced by repeated random tokens (data.random_repeat_windows)
@@ -55,6 +56,8 @@ class TrainConfig:
                 expected = "an integer" if kind is numbers.Integral else "a number"
                 raise ValueError(f"{name}: expected {expected}, got {value!r}")
             setattr(self, name, int(value) if kind is numbers.Integral else float(value))
+        if not isinstance(self.bos_first, bool):
+            raise ValueError(f"bos_first: expected true or false, got {self.bos_first!r}")
         if not isinstance(self.tokenizer, str):
             raise ValueError(f"tokenizer: expected 'bytes' or 'bpe:N', got {self.tokenizer!r}")
         parse_spec(self.tokenizer)

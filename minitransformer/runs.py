@@ -59,7 +59,7 @@ def _json(archive, key, kind=dict):
 
 # fields added to a config after runs were written without them: the value that says what
 # those runs did (threads: they ran the step as one call)
-ADDED_FIELDS = {"TrainConfig": {"threads": 1, "tokenizer": "bytes"}}
+ADDED_FIELDS = {"TrainConfig": {"threads": 1, "tokenizer": "bytes", "bos_first": False}}
 
 
 def _config(archive, key, cls):

@@ -230,7 +230,7 @@ def _train(out, cfg, tc, corpus, tokenizer, run, progress, smear):
         eval_tokens, token_counts = run.eval_tokens, run.token_counts
     else:
         model = Model(cfg, seed=tc.seed, device=tc.device, smear=smear)
-        eval_tokens = eval_set(corpus, tc.n_eval, cfg.n_ctx, tc.eval_seed)
+        eval_tokens = eval_set(corpus, tc.n_eval, cfg.n_ctx, tc.eval_seed, tc.bos_first)
         token_counts = corpus.token_counts(cfg.d_vocab)
     frozen = set() if cfg.pos_trainable else {"pos_embed.W_pos"}
     # the threads this machine gives the step, stored as used (a GPU step is never split)
@@ -260,7 +260,7 @@ def _train(out, cfg, tc, corpus, tokenizer, run, progress, smear):
             save_state()
         if step >= total_steps:
             break
-        tokens = random_crops(corpus.train, tc.batch_size, cfg.n_ctx, rng)
+        tokens = random_crops(corpus.train, tc.batch_size, cfg.n_ctx, rng, tc.bos_first)
         if tc.repeat_fraction:
             repeat_spans(tokens, tc.repeat_fraction, rng)
         if tc.synthetic_fraction:
@@ -282,11 +282,14 @@ def build_parser():
         prog="python -m minitransformer.train",
         description="Train a transformer and save a run directory (run.npz + snapshots/).",
         epilog="Overrides: any ModelConfig or TrainConfig field as key=value, e.g. "
-               "n_layers=3 lr=1e-3 total_tokens=5e6 smeared_key=true. Presets: " + ", ".join(PRESETS))
+               "n_layers=3 lr=1e-3 total_tokens=5e6 smeared_key=true; tokenizer=bpe:2048 learns a "
+               "BPE vocabulary from the corpus (cached; d_vocab follows it). Presets: " + ", ".join(PRESETS))
     parser.add_argument("--preset", default="attn-only-2l", help="named settings (default attn-only-2l)")
     parser.add_argument("--out", required=True, help="run directory to write, e.g. runs/attn-only-2l")
     parser.add_argument("--corpus", help="text file or folder, 'stdlib' (the built-in Python "
-                                         "standard library source), or synthetic:repeated|template")
+                                         "standard library source), 'pydocs' (the prose of "
+                                         "Python's documentation: make pydocs), or "
+                                         "synthetic:repeated|template")
     add_device_argument(parser, default=None)   # None: the preset's (cpu); --resume follows it too
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
     parser.add_argument("--force", action="store_true", help="overwrite a run already in --out")

@@ -116,3 +116,11 @@ def test_default_presets_train_on_natural_text_and_the_mixed_ones_say_so():
             and not train.get("repeat_fraction"), name
     mixed = [name for name in PRESETS if name.endswith("-mixed")]
     assert len(mixed) == 6 and all(preset(name)[1]["synthetic_fraction"] == 0.5 for name in mixed)
+
+
+def test_windows_may_start_with_bos():
+    stream = np.arange(1, 200, dtype=np.uint16)
+    plain = random_crops(stream, 5, 16, np.random.default_rng(0))
+    first = random_crops(stream, 5, 16, np.random.default_rng(0), bos_first=True)
+    assert plain.shape == first.shape == (5, 16) and (plain[:, 0] != BOS).all()
+    assert (first[:, 0] == BOS).all() and (np.diff(first[:, 1:], axis=1) == 1).all()
