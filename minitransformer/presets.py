@@ -90,6 +90,11 @@ BASE_MODEL = dict(n_layers=2, d_model=128, n_heads=4, d_head=32, n_ctx=256, d_vo
 NATURAL = dict(corpus="stdlib", batch_size=4, lr=4e-3, total_tokens=10_000_000)
 # The synthetic-assisted fast demo (labelled so wherever it is shown): half of the training
 # windows replaced by repeated random tokens, strong positions, 2 heads of 64.
+# BPE: the same model and training on a 2,048-token BPE of the same corpus, positions trainable
+# (initialised as the fixed ones): with fixed positions no induction head formed by 8M tokens
+# on BPE tokens (docs/phase-change-search.md, issue 23).
+BPE_MODEL = dict(BASE_MODEL, d_vocab=2048, pos_trainable=True)
+BPE = dict(NATURAL, tokenizer="bpe:2048")
 MIXED_MODEL = dict(BASE_MODEL, n_heads=2, d_head=64, pos_scale=1.0)
 MIXED = dict(corpus="stdlib", lr=5e-3, synthetic_fraction=0.5, total_tokens=6_000_000)
 
@@ -100,8 +105,11 @@ def _presets():
         presets[f"attn-only-{n}l"] = (dict(BASE_MODEL, n_layers=n), dict(NATURAL))
         presets[f"mlp-{n}l"] = (dict(BASE_MODEL, n_layers=n, attn_only=False, d_mlp=512), dict(NATURAL))
         presets[f"attn-only-{n}l-mixed"] = (dict(MIXED_MODEL, n_layers=n), dict(MIXED))
+        presets[f"attn-only-{n}l-bpe"] = (dict(BPE_MODEL, n_layers=n), dict(BPE))
+        presets[f"mlp-{n}l-bpe"] = (dict(BPE_MODEL, n_layers=n, attn_only=False, d_mlp=512), dict(BPE))
     for n in (1, 2):
         presets[f"smeared-{n}l"] = (dict(BASE_MODEL, n_layers=n, smeared_key=True), dict(NATURAL))
+        presets[f"smeared-{n}l-bpe"] = (dict(BPE_MODEL, n_layers=n, smeared_key=True), dict(BPE))
     # for tests and lessons: seconds on a laptop
     presets["tiny"] = (dict(MIXED_MODEL, d_model=32, n_heads=2, d_head=16, n_ctx=32),
                        dict(corpus="synthetic:repeated", total_tokens=40_000, batch_size=8,
