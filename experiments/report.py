@@ -23,7 +23,7 @@ from minitransformer.runs import Run
 from . import attention_view, claims, figures, seeds, table
 from .losses import context_indices
 from .measure import cached_measurements, measure_run
-from .sweep import default_root, finished, jobs_for
+from .sweep import RECIPES, add_recipe_argument, default_root, finished, jobs_for
 from .timeseries import icl_curve, index_pairs
 
 FAMILY_TITLES = {"attn-only": "Attention-only models, 1-6 layers",
@@ -290,7 +290,8 @@ def _template_table(m):
 def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m experiments.report", description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="the small sweep's runs")
-    parser.add_argument("--root", help="the sweep's runs (default runs/sweep or runs/sweep-small)")
+    add_recipe_argument(parser)
+    parser.add_argument("--root", help="the sweep's runs (default runs/sweep, runs/sweep-bpe or runs/sweep-small)")
     parser.add_argument("--out", help="report folder (default report or report-small)")
     parser.add_argument("--colour", choices=["class", "layer"], default="class",
                         help="colour heads by class (induction, previous-token, other) or by layer")
@@ -302,8 +303,8 @@ def main(argv=None):
     parser.add_argument("--only", nargs="+", metavar="NAME", help="just these models")
     add_device_argument(parser)
     args = parser.parse_args(argv)
-    root = pathlib.Path(args.root) if args.root else default_root(args.small)
-    out = pathlib.Path(args.out or ("report-small" if args.small else "report"))
+    root = pathlib.Path(args.root) if args.root else default_root(args.small, args.recipe)
+    out = pathlib.Path(args.out or ("report-small" if args.small else "report" + RECIPES[args.recipe]))
     try:
         if not root.is_dir():
             raise ValueError(f"{root}: no such sweep folder; run python -m experiments.sweep first")

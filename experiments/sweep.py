@@ -64,13 +64,18 @@ def with_seeds(jobs, seeds):
 SNAPSHOTS = ("snapshots=50", "threads=1")
 
 
-def default_jobs():
+RECIPES = {"bytes": "", "bpe": "-bpe"}    # --recipe: the presets' suffix (presets.py)
+
+
+def default_jobs(recipe="bytes"):
     """Attention-only and MLP 1..6 layers, smeared-key 1L/2L (their controls are the
     attention-only 1L/2L models: the same preset without the smeared key), all on natural
-    text as `make train-2l`, and a 2-layer model trained on the template corpus (Argument 4)."""
-    jobs = [Job(f"attn-only-{n}l", f"attn-only-{n}l", SNAPSHOTS, "attn-only") for n in range(1, 7)]
-    jobs += [Job(f"mlp-{n}l", f"mlp-{n}l", SNAPSHOTS, "mlp") for n in range(1, 7)]
-    jobs += [Job(f"smeared-{n}l", f"smeared-{n}l", SNAPSHOTS, "smeared", control=f"attn-only-{n}l")
+    text, byte tokens (recipe 'bytes') or the -bpe presets, and a 2-layer model trained on
+    the template corpus (Argument 4; bytes either way)."""
+    suffix = RECIPES[recipe]
+    jobs = [Job(f"attn-only-{n}l", f"attn-only-{n}l{suffix}", SNAPSHOTS, "attn-only") for n in range(1, 7)]
+    jobs += [Job(f"mlp-{n}l", f"mlp-{n}l{suffix}", SNAPSHOTS, "mlp") for n in range(1, 7)]
+    jobs += [Job(f"smeared-{n}l", f"smeared-{n}l{suffix}", SNAPSHOTS, "smeared", control=f"attn-only-{n}l")
              for n in (1, 2)]
     jobs.append(Job("template-2l", "attn-only-2l",
                     SNAPSHOTS + ("corpus=synthetic:template", "total_tokens=3e6"), "template"))
@@ -183,7 +188,8 @@ def _collect(future, job, lines, failures, log):
 def build_parser():
     parser = argparse.ArgumentParser(prog="python -m experiments.sweep", description=__doc__.split("\n")[0])
     parser.add_argument("--small", action="store_true", help="the small sweep (minutes)")
-    parser.add_argument("--root", help="where the runs go (default runs/sweep or runs/sweep-small)")
+    add_recipe_argument(parser)
+    parser.add_argument("--root", help="where the runs go (default runs/sweep, runs/sweep-bpe or runs/sweep-small)")
     parser.add_argument("--workers", type=int, default=2, help="local processes (default 2)")
     parser.add_argument("--scheduler", help="a Dask scheduler address, tcp://HOST:PORT")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="just these models")
@@ -194,8 +200,14 @@ def build_parser():
     return parser
 
 
+def add_recipe_argument(parser):
+    parser.add_argument("--recipe", choices=sorted(RECIPES), default="bytes",
+                        help="the natural-text models on byte tokens (default) or on the -bpe "
+                             "presets (a 2,048-token BPE, positions trainable)")
+
+
 def jobs_for(args):
-    jobs = small_jobs() if args.small else default_jobs()
+    jobs = small_jobs() if args.small else default_jobs(args.recipe)
     if args.only:
         unknown = sorted(set(args.only) - {j.name for j in jobs})
         if unknown:
@@ -205,8 +217,8 @@ def jobs_for(args):
     return with_seeds(jobs, args.seeds)
 
 
-def default_root(small):
-    return pathlib.Path("runs") / ("sweep-small" if small else "sweep")
+def default_root(small, recipe="bytes"):
+    return pathlib.Path("runs") / ("sweep-small" if small else "sweep" + RECIPES[recipe])
 
 
 def main(argv=None):
@@ -216,7 +228,7 @@ def main(argv=None):
         return 2
     try:
         jobs = jobs_for(args)
-        root = pathlib.Path(args.root) if args.root else default_root(args.small)
+        root = pathlib.Path(args.root) if args.root else default_root(args.small, args.recipe)
         print(f"{len(jobs)} jobs into {root} ({'Dask ' + args.scheduler if args.scheduler else f'{args.workers} local processes'})")
         run_sweep(jobs, root, args.workers, args.scheduler, measure=not args.train_only,
                   device=args.device)

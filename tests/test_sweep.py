@@ -220,3 +220,13 @@ def test_head_ablations_at_the_window_end_are_the_measured_ones(swept):
         if m.window is not None:                          # the window's edges were ablated too
             assert set(np.searchsorted(m.m.tokens, m.window)) <= set(
                 np.searchsorted(m.m.steps, m.m.ablation_steps))
+
+
+def test_the_bpe_recipe_names_the_bpe_presets_into_its_own_folder():
+    args = sweep.build_parser().parse_args(["--recipe", "bpe", "--only", "attn-only-2l", "smeared-2l",
+                                            "template-2l"])
+    jobs = sweep.jobs_for(args)
+    assert [j.preset for j in jobs] == ["attn-only-2l-bpe", "smeared-2l-bpe", "attn-only-2l"]
+    assert [j.configs()[1].get("tokenizer", "bytes") for j in jobs] == ["bpe:2048", "bpe:2048", "bytes"]
+    assert str(sweep.default_root(False, "bpe")) == "runs/sweep-bpe"
+    assert sweep.jobs_for(sweep.build_parser().parse_args([]))[0].preset == "attn-only-1l"
