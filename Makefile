@@ -3,7 +3,7 @@ PYTHON ?= python3
 PIP := $(PYTHON) -m pip
 RUNS ?= runs
 
-.PHONY: install test test-thorough bench train-2l train-1l train-2l-mixed reproduce reproduce-small help pydocs train-2l-pydocs
+.PHONY: install test test-thorough bench train-2l train-1l train-2l-bpe train-1l-bpe train-2l-mixed reproduce reproduce-small help pydocs train-2l-pydocs
 
 # train PRESET into RUNS/PRESET, resuming it if it is already there (a finished run is kept)
 define train
@@ -14,6 +14,7 @@ endef
 help:
 	@echo "make train-2l   train the 2-layer attention-only model on natural text, show its phase change"
 	@echo "make train-1l   the 1-layer control (no induction head can form)"
+	@echo "make train-2l-bpe   the same on BPE tokens with trainable positions: a sharper rise (train-1l-bpe: its control)"
 	@echo "make train-2l-pydocs   the same on a second kind of text: the prose of Python's documentation"
 	@echo "make train-2l-mixed   fast demo, synthetic-assisted: half the windows repeated random tokens"
 	@echo "make test       install the dev extras and run every test"
@@ -48,6 +49,17 @@ train-1l: install
 	$(call train,attn-only-1l)
 	$(PYTHON) -m experiments.phase_change $(RUNS)/attn-only-1l
 
+# the same on a 2,048-token BPE of the same text with trainable positions: the sharper rise
+# (docs/phase-change-search.md); the vocabulary is learned once (~30 s) and cached
+train-2l-bpe: install
+	$(call train,attn-only-2l-bpe)
+	$(PYTHON) -m experiments.phase_change $(RUNS)/attn-only-2l-bpe \
+		$$([ -f $(RUNS)/attn-only-1l-bpe/run.npz ] && echo --control $(RUNS)/attn-only-1l-bpe)
+
+train-1l-bpe: install
+	$(call train,attn-only-1l-bpe)
+	$(PYTHON) -m experiments.phase_change $(RUNS)/attn-only-1l-bpe
+
 # the second corpus: the prose of Python's documentation (Debian's python3-doc, pinned by hash
 # in minitransformer/data.py). Installs the package where this runs as root with apt.
 pydocs:
@@ -76,7 +88,8 @@ train-2l-mixed: install
 # seeds 0-2 of every model (cells: median [range]); ONLY="attn-only-1l attn-only-2l" just those.
 DEVICE ?= cpu
 SEEDS ?= 1
-SELECT = --seeds $(SEEDS) $(if $(ONLY),--only $(ONLY))
+RECIPE ?= bytes
+SELECT = --seeds $(SEEDS) --recipe $(RECIPE) $(if $(ONLY),--only $(ONLY))
 SWEEP_FLAGS = --device $(DEVICE) $(SELECT) $(if $(SCHEDULER),--scheduler $(SCHEDULER)) $(if $(WORKERS),--workers $(WORKERS))
 define reproduce
 	$(PYTHON) -m experiments.sweep $(1) $(SWEEP_FLAGS)
@@ -87,7 +100,7 @@ define reproduce
 endef
 
 reproduce: install
-	$(call reproduce,,report)
+	$(call reproduce,,report$(if $(filter bpe,$(RECIPE)),-bpe))
 
 reproduce-small: install
 	$(call reproduce,--small,report-small)
