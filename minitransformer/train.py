@@ -299,7 +299,7 @@ def build_parser():
 
 
 def main(argv=None):
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_intermixed_args(argv)   # key=value on both sides of a flag
     try:
         model, train_config = preset(args.preset)
         for flag in ("corpus", "device"):

@@ -171,3 +171,9 @@ def test_snapshot_schedules():
     assert snapshot_schedule(1000, 5) == [0, 250, 500, 750, 1000]
     log = snapshot_schedule(10000, 20, "log")
     assert log[0] == 0 and log[-1] == 10000 and log[1] == 1 and np.all(np.diff(log) > 0)
+
+
+def test_overrides_may_come_before_and_after_flags(tmp_path):
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "r"), "total_tokens=3000",
+                 "--corpus", "synthetic:repeated", "seed=3", "--quiet"]) == 0
+    assert Run(tmp_path / "r").train_config["seed"] == 3
