@@ -5,7 +5,8 @@ docs/phase-change-search.md:
 
 Reads each run's phase_change.json (written by `python -m experiments.phase_change RUN`) and
 its run.npz: the best layer>=1 head's prefix matching, the 10%->90% rise as a ratio of its
-end to its start in tokens and as a share of the run, the share of the ICL score's fall
+end to its start in tokens and as a share of the run (a rise whose 90% point is the last
+snapshot is marked: it is cut by the end of the run, not finished), the share of the ICL score's fall
 inside that rise, the ICL score at the end, the final eval loss (per token and, to compare
 tokenizers, per byte of text) and the training time.
 """
@@ -47,7 +48,8 @@ def row(path):
     rise = st["prefix_rise"]
     total = float(a["tokens"][-1])
     cells = [run.dir.name, run.train_config["tokenizer"], head,
-             f"{rise[0] / 1e6:.2f}M -> {rise[1] / 1e6:.2f}M" if rise else "none",
+             (f"{rise[0] / 1e6:.2f}M -> {rise[1] / 1e6:.2f}M" + (" (still rising at the end)" if
+              rise[1] >= a["tokens"][-2] else "")) if rise else "none",
              f"x{rise[1] / rise[0]:.2f}" if rise and rise[0] else "-",
              f"{(rise[1] - rise[0]) / total:.0%}" if rise else "-",
              num(st.get("share_in_rise"), ".0%"), num(st["icl_final"], "+.3f"),
