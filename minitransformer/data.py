@@ -229,6 +229,21 @@ def eval_set(corpus, n, n_ctx, seed, bos_first=False):
     return random_crops(corpus.eval, n, n_ctx, np.random.default_rng(seed), bos_first)
 
 
+def repeated_ngram_share(windows, n, skip=64):
+    """How much an induction head could use: the share of tokens, past the first `skip` of
+    each window, that end an n-gram already seen earlier in the same window. windows (N, T)."""
+    hits = total = 0
+    for row in np.asarray(windows):
+        seen = set()
+        for i in range(n - 1, len(row)):
+            gram = tuple(row[i - n + 1:i + 1].tolist())
+            if i >= skip:
+                total += 1
+                hits += gram in seen
+            seen.add(gram)
+    return hits / max(total, 1)
+
+
 def candidate_tokens(token_counts, drop_fraction=0.1, min_share=1e-5):
     """Tokens for the evaluators' random sequences (paper, head activation evaluators: random
     tokens without the most and least common): the tokens that make up at least `min_share`

@@ -177,7 +177,7 @@ def _cached_ids(path, tok):
 
 
 def main(argv=None):
-    from .data import corpus_from_spec, describe
+    from .data import corpus_from_spec, describe, eval_set, repeated_ngram_share
     parser = argparse.ArgumentParser(description="Learn (or read from the cache) a BPE "
                                      "vocabulary of a corpus and show how it splits text.")
     parser.add_argument("--corpus", default="stdlib", help="as for minitransformer.train")
@@ -194,6 +194,10 @@ def main(argv=None):
     for name in ("train", "eval"):
         print(f"  {name}: {len(getattr(tokens, name)):,} tokens, "
               f"{len(getattr(corpus, name)) / len(getattr(tokens, name)):.2f} bytes per token")
+    windows = [eval_set(c, 200, 256, 1234) for c in (corpus, tokens)]
+    print("  repeats an induction head could use (eval windows of 256 tokens, past token 64): "
+          f"{repeated_ngram_share(windows[0], 8):.1%} of bytes end an 8-byte string seen earlier "
+          f"in the window; {repeated_ngram_share(windows[1], 3):.1%} of BPE tokens end a 3-token one")
     sample = tokens.eval[1:25]
     print("  eval text as tokens: " + " | ".join(tok.label(t) for t in sample))
     return 0

@@ -124,3 +124,11 @@ def test_windows_may_start_with_bos():
     first = random_crops(stream, 5, 16, np.random.default_rng(0), bos_first=True)
     assert plain.shape == first.shape == (5, 16) and (plain[:, 0] != BOS).all()
     assert (first[:, 0] == BOS).all() and (np.diff(first[:, 1:], axis=1) == 1).all()
+
+
+def test_repeated_ngram_share_counts_repeats_within_a_window():
+    from minitransformer.data import repeated_ngram_share
+    windows = np.array([[1, 2, 3, 4, 1, 2, 3, 9], [5, 6, 7, 8, 9, 10, 11, 12]])
+    # past position 3: row 0 has (1,2,3) again at 6 but not (3,4,1),(4,1,2),(3,9)...; row 1 none
+    assert repeated_ngram_share(windows, 3, skip=3) == 1 / 10
+    assert repeated_ngram_share(windows, 2, skip=3) == 2 / 10        # (1,2) and (2,3)
