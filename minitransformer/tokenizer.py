@@ -186,15 +186,15 @@ def main(argv=None):
     try:
         corpus = corpus_from_spec(args.corpus)
         tokens, tok = tokenize(corpus, f"bpe:{args.vocab}")
+        windows = [eval_set(c, 200, 256, 1234) for c in (corpus, tokens)]
     except ValueError as e:
-        error(e)
+        return error(e)
     print(describe(corpus))
     print(f"bpe:{args.vocab}: {tok.vocab_size} tokens, sha256 {tok.sha256[:12]}, cached in "
           f"{cache_folder()}")
     for name in ("train", "eval"):
         print(f"  {name}: {len(getattr(tokens, name)):,} tokens, "
               f"{len(getattr(corpus, name)) / len(getattr(tokens, name)):.2f} bytes per token")
-    windows = [eval_set(c, 200, 256, 1234) for c in (corpus, tokens)]
     print("  repeats an induction head could use (eval windows of 256 tokens, past token 64): "
           f"{repeated_ngram_share(windows[0], 8):.1%} of bytes end an 8-byte string seen earlier "
           f"in the window; {repeated_ngram_share(windows[1], 3):.1%} of BPE tokens end a 3-token one")

@@ -228,3 +228,9 @@ def test_passages_are_shown_in_the_runs_tokens(bpe_run):
     assert len(pieces) < len("the cat sat on a mat")                    # BPE tokens, not bytes
     tokens = table.passage_tokens("the cat", run.config.n_ctx, run.tokenizer)
     assert tokens[0] == BOS and run.tokenizer.decode(tokens) == "the cat"
+
+
+def test_the_tokenizer_command_refuses_a_missing_corpus(tmp_path, capsys):
+    assert tokenizer.main(["--corpus", str(tmp_path / "none")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no such file or folder" in err
