@@ -16,8 +16,11 @@ import sys
 
 import numpy as np
 
+from minitransformer.data import BOS
 from minitransformer.io import error
 from minitransformer.runs import Run
+
+from .timeseries import rise_ratio, rise_share
 
 HEADER = ("| run | tokenizer | best later-layer head: prefix matching | rise 10% -> 90% | x in tokens "
           "| share of run | ICL fall inside the rise | ICL score end | final eval loss, nats/token (nats/byte) | train time |\n"
@@ -27,7 +30,7 @@ HEADER = ("| run | tokenizer | best later-layer head: prefix matching | rise 10%
 def bytes_per_token(run):
     """UTF-8 bytes per token of the run's eval set (BOS not counted as a token of text)."""
     text = sum(len(run.tokenizer.decode(w).encode()) for w in run.eval_tokens)
-    return text / max(1, int((run.eval_tokens != 0).sum()))
+    return text / max(1, int((run.eval_tokens != BOS).sum()))
 
 
 def row(path):
@@ -50,8 +53,8 @@ def row(path):
     cells = [run.dir.name, run.train_config["tokenizer"], head,
              (f"{rise[0] / 1e6:.2f}M -> {rise[1] / 1e6:.2f}M" + (" (still rising at the end)" if
               rise[1] >= a["tokens"][-2] else "")) if rise else "none",
-             f"x{rise[1] / rise[0]:.2f}" if rise and rise[0] else "-",
-             f"{(rise[1] - rise[0]) / total:.0%}" if rise else "-",
+             f"x{rise_ratio(rise):.2f}" if rise and rise[0] else "-",
+             f"{rise_share(rise, total):.0%}" if rise else "-",
              num(st.get("share_in_rise"), ".0%"), num(st["icl_final"], "+.3f"),
              f"{a['eval_loss'][-1]:.3f} ({a['eval_loss'][-1] / bytes_per_token(run):.3f})",
              f"{run.log['seconds'][-1]:.0f} s" if len(run.log["seconds"]) else "-"]

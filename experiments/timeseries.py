@@ -235,8 +235,8 @@ class PhaseStatistics:
     icl_after: float             #   (NaN without a window)
     share_in_window: float       # (icl_before - icl_after) / (icl_start - icl_final): the paper's
                                  #   "over 75% of final in-context learning forms in this window"
-    share_in_rise: float         # the same across prefix_rise itself (how sharp: issue 23's
-                                 #   third yardstick, beside rise_ratio and rise_share)
+    share_in_rise: float         # the same across prefix_rise itself (with rise_ratio and
+                                 #   rise_share: how sharp the phase change is)
     change_after: float          # icl_final - icl_after, nats: 0 when "constant for the rest of
                                  #   training"; negative when it goes on falling
     share_after: float           # the same as a share of the whole fall
@@ -249,13 +249,21 @@ class PhaseStatistics:
 
     @property
     def rise_ratio(self):
-        """How sharp prefix matching's rise is: its end over its start in tokens (NaN: none)."""
-        return self.prefix_rise[1] / self.prefix_rise[0] if self.prefix_rise and self.prefix_rise[0] else float("nan")
+        return rise_ratio(self.prefix_rise)
 
     @property
     def rise_share(self):
-        """prefix_rise's length as a share of the run (NaN: none)."""
-        return (self.prefix_rise[1] - self.prefix_rise[0]) / self.run_tokens if self.prefix_rise else float("nan")
+        return rise_share(self.prefix_rise, self.run_tokens)
+
+
+def rise_ratio(rise):
+    """How sharp a rise (start, end) in training tokens is: end over start (NaN: none)."""
+    return rise[1] / rise[0] if rise and rise[0] else float("nan")
+
+
+def rise_share(rise, run_tokens):
+    """A rise's length as a share of a run of run_tokens (NaN: none)."""
+    return (rise[1] - rise[0]) / run_tokens if rise else float("nan")
 
 
 def phase_statistics(tokens, icl, eval_loss, prefix_tokens, prefix):

@@ -88,13 +88,13 @@ BASE_MODEL = dict(n_layers=2, d_model=128, n_heads=4, d_head=32, n_ctx=256, d_vo
 # Four heads of 32, weak positions (0.3), batch 4 and lr 4e-3 bring the induction head to
 # ~3-5M tokens (docs/phase-change-search.md, natural-text search).
 NATURAL = dict(corpus="stdlib", batch_size=4, lr=4e-3, total_tokens=10_000_000)
-# The synthetic-assisted fast demo (labelled so wherever it is shown): half of the training
-# windows replaced by repeated random tokens, strong positions, 2 heads of 64.
 # BPE: the same model and training on a 2,048-token BPE of the same corpus, positions trainable
 # (initialised as the fixed ones): with fixed positions no induction head formed by 8M tokens
-# on BPE tokens (docs/phase-change-search.md, issue 23).
+# on BPE tokens (docs/phase-change-search.md, "Beyond one recipe").
 BPE_MODEL = dict(BASE_MODEL, d_vocab=2048, pos_trainable=True)
 BPE = dict(NATURAL, tokenizer="bpe:2048")
+# The synthetic-assisted fast demo (labelled so wherever it is shown): half of the training
+# windows replaced by repeated random tokens, strong positions, 2 heads of 64.
 MIXED_MODEL = dict(BASE_MODEL, n_heads=2, d_head=64, pos_scale=1.0)
 MIXED = dict(corpus="stdlib", lr=5e-3, synthetic_fraction=0.5, total_tokens=6_000_000)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from .data import BOS
+from .data import BOS, _join
 from .io import atomic_write, atomic_write_text, error
 
 BOS_TEXT = "<|bos|>"
@@ -70,7 +70,7 @@ class Tokenizer:
     def encode_documents(self, docs):
         """[bytes] -> one uint16 stream, each document preceded by BOS (data._join's layout)."""
         if not self.hf_json:
-            return np.frombuffer(b"".join(bytes([BOS]) + d for d in docs), np.uint8).astype(np.uint16)
+            return _join(docs).astype(np.uint16)
         encoded = self._hf.encode_batch([d.decode("utf-8") for d in docs])
         return np.concatenate([np.array([BOS] + e.ids, dtype=np.uint16) for e in encoded])
 
@@ -122,7 +122,7 @@ def cache_folder():
 def documents(stream):
     """A joined stream (data._join: BOS before each document) -> [bytes], the documents."""
     data = np.asarray(stream).astype(np.uint8).tobytes()
-    return [d for d in data.split(bytes([BOS]))[1:]]
+    return data.split(bytes([BOS]))[1:]
 
 
 def train_bpe(docs, vocab_size):

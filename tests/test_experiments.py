@@ -112,6 +112,13 @@ def test_a_fall_that_goes_on_after_its_window_is_shared_out_by_construction():
     assert stats.change_after == pytest.approx(-0.2, abs=0.01)
     assert stats.icl_window_anywhere[0] < 1.5e6 < stats.icl_window_anywhere[1] <= 2e6
     assert stats.co_occurrence == 0.0
+    # how sharp: prefix matching's 10%->90% rise is 4.1M -> 4.5M (measured every 0.1M); across
+    # it the 3-point-smoothed ICL score goes from -0.2 * 0.6/3 to -0.2 * 2.8/3 (plus a trace of
+    # the slow fall after 4.5M): 0.147 of the whole 0.65
+    assert stats.prefix_rise == (4.1e6, 4.5e6)
+    assert stats.rise_ratio == pytest.approx(4.5 / 4.1) and stats.rise_share == pytest.approx(0.04)
+    assert stats.share_in_rise == pytest.approx(0.2 * (2.8 - 0.6) / 3 / 0.65, abs=0.005)
+    assert np.isnan(timeseries.rise_ratio(None)) and np.isnan(timeseries.rise_share(None, 1e6))
     assert timeseries.overlap_share((0, 4), (3, 5)) == 0.5 and timeseries.overlap_share((1, 2), (0, 9)) == 1
 
 

@@ -234,3 +234,24 @@ def test_the_tokenizer_command_refuses_a_missing_corpus(tmp_path, capsys):
     assert tokenizer.main(["--corpus", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no such file or folder" in err
+
+
+def test_levers_prints_one_row_per_run_from_its_phase_change(bpe_run, capsys):
+    from experiments import levers, phase_change
+    assert phase_change.main([str(bpe_run.dir)]) == 0
+    capsys.readouterr()
+    assert levers.main([str(bpe_run.dir)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].startswith("| run | tokenizer |") and len(out) == 3
+    cells = [c.strip() for c in out[2].strip("|").split("|")]
+    assert cells[0] == bpe_run.dir.name and cells[1] == "bpe:300" and len(cells) == 10
+    per_token, per_byte = cells[8].replace("(", "").replace(")", "").split()
+    assert float(per_byte) < float(per_token)          # a BPE token holds more than a byte
+
+
+def test_levers_names_a_run_without_its_analysis(tmp_path, capsys):
+    from experiments import levers
+    assert main(["--preset", "tiny", "--out", str(tmp_path / "r"), "--quiet", "total_tokens=3000"]) == 0
+    assert levers.main([str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "phase_change.json: unreadable" in err
