@@ -76,7 +76,7 @@ def multi_layer_checks(m):
 def checks(models):
     """The paper's claims on one seed's models {name: ModelAnalysis}, where present."""
     out = []
-    for name in ("attn-only-1l", "mlp-1l"):
+    for name in ("attn-only-1l", "mlp-1l", "attn-only-ln-1l"):
         if name in models:
             m = models[name]
             out.append((f"{name}: no phase change, no induction head, ICL flat (|final| < 0.1)",
@@ -84,7 +84,7 @@ def checks(models):
                         f"{m.icl[-1]:+.3f}",
                         m.window is None and not m.induction_heads and abs(m.icl[-1]) < 0.1))
             out.append((f"{name}: no loss bump", _bump(m), not m.stats.bump.exceeds))
-    for family in ("attn-only", "mlp"):
+    for family in ("attn-only", "mlp", "attn-only-ln"):
         for n in range(2, 7):
             if f"{family}-{n}l" in models:
                 out += multi_layer_checks(models[f"{family}-{n}l"])

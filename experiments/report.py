@@ -28,6 +28,7 @@ from .timeseries import icl_curve, index_pairs
 
 FAMILY_TITLES = {"attn-only": "Attention-only models, 1-6 layers",
                  "mlp": "Models with MLPs, 1-6 layers",
+                 "layernorm": "Attention-only models with LayerNorm (the paper's architecture), 1-3 layers",
                  "smeared": "Smeared-key models beside their controls (Argument 2)",
                  "template": "Template corpus (Argument 4)"}
 
@@ -230,7 +231,7 @@ def first_n_ctx(models):
 
 def _family_extras(family, members, models, out):
     parts = []
-    if family in ("attn-only", "mlp"):
+    if family in ("attn-only", "mlp", "layernorm"):
         coords, ratio = table.joint_pca(members)
         path = out / "figures" / f"{family}_pca.png"
         figures.pca_figure(members, coords, ratio, path)

@@ -65,16 +65,19 @@ SNAPSHOTS = ("snapshots=50", "threads=1")
 
 
 RECIPES = {"bytes": "", "bpe": "-bpe"}    # --recipe: the presets' suffix (presets.py)
+LN_LAYERS = (1, 2, 3)    # the LayerNorm family: 3L tests a previous-token head in layer 1 feeding layer 2
 
 
 def default_jobs(recipe="bytes"):
-    """Attention-only and MLP 1..6 layers, smeared-key 1L/2L (their controls are the
+    """Attention-only and MLP 1..6 layers, attention-only with LayerNorm 1..3, smeared-key 1L/2L (their controls are the
     attention-only 1L/2L models: the same preset without the smeared key), all on natural
     text, byte tokens (recipe 'bytes') or the -bpe presets, and a 2-layer model trained on
     the template corpus (Argument 4; bytes either way)."""
     suffix = RECIPES[recipe]
     jobs = [Job(f"attn-only-{n}l", f"attn-only-{n}l{suffix}", SNAPSHOTS, "attn-only") for n in range(1, 7)]
     jobs += [Job(f"mlp-{n}l", f"mlp-{n}l{suffix}", SNAPSHOTS, "mlp") for n in range(1, 7)]
+    jobs += [Job(f"attn-only-ln-{n}l", f"attn-only-ln-{n}l{suffix}", SNAPSHOTS, "layernorm")
+             for n in LN_LAYERS]
     jobs += [Job(f"smeared-{n}l", f"smeared-{n}l{suffix}", SNAPSHOTS, "smeared", control=f"attn-only-{n}l")
              for n in (1, 2)]
     jobs.append(Job("template-2l", "attn-only-2l",

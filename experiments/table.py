@@ -31,7 +31,7 @@ class ModelAnalysis:
     """One model (column) of the Model Analysis Table, one seed. S snapshots, A ablated
     snapshots, L layers, H heads; windows are (start, end) training tokens or None."""
     name: str
-    family: str                   # "attn-only", "mlp", "smeared" or "template"
+    family: str                   # "attn-only", "mlp", "layernorm", "smeared" or "template"
     control: str                  # the name of its control model ("" if none)
     seed: int                     # TrainConfig.seed of the run
     run: Run

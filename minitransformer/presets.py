@@ -107,6 +107,9 @@ def _presets():
         presets[f"attn-only-{n}l-mixed"] = (dict(MIXED_MODEL, n_layers=n), dict(MIXED))
         presets[f"attn-only-{n}l-bpe"] = (dict(BPE_MODEL, n_layers=n), dict(BPE))
         presets[f"mlp-{n}l-bpe"] = (dict(BPE_MODEL, n_layers=n, attn_only=False, d_mlp=512), dict(BPE))
+        # the paper's architecture: LayerNorm before each attention layer and the unembedding
+        presets[f"attn-only-ln-{n}l"] = (dict(BASE_MODEL, n_layers=n, normalization_type="LN"), dict(NATURAL))
+        presets[f"attn-only-ln-{n}l-bpe"] = (dict(BPE_MODEL, n_layers=n, normalization_type="LN"), dict(BPE))
     for n in (1, 2):
         presets[f"smeared-{n}l"] = (dict(BASE_MODEL, n_layers=n, smeared_key=True), dict(NATURAL))
         presets[f"smeared-{n}l-bpe"] = (dict(BPE_MODEL, n_layers=n, smeared_key=True), dict(BPE))

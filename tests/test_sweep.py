@@ -230,3 +230,16 @@ def test_the_bpe_recipe_names_the_bpe_presets_into_its_own_folder():
     assert [j.configs()[1].get("tokenizer", "bytes") for j in jobs] == ["bpe:2048", "bpe:2048", "bytes"]
     assert str(sweep.default_root(False, "bpe")) == "runs/sweep-bpe"
     assert sweep.jobs_for(sweep.build_parser().parse_args([]))[0].preset == "attn-only-1l"
+
+
+def test_the_layernorm_family_is_the_attention_only_recipe_with_layernorm():
+    for recipe, suffix in (("bytes", ""), ("bpe", "-bpe")):
+        jobs = [j for j in sweep.default_jobs(recipe) if j.family == "layernorm"]
+        assert [j.name for j in jobs] == [f"attn-only-ln-{n}l" for n in sweep.LN_LAYERS]
+        for job in jobs:
+            model, train = job.configs()
+            plain = sweep.Job("plain", job.preset.replace("-ln", ""), job.overrides).configs()
+            assert model["normalization_type"] == "LN" and plain[0]["normalization_type"] is None
+            assert {k: v for k, v in model.items() if k != "normalization_type"} == \
+                {k: v for k, v in plain[0].items() if k != "normalization_type"}
+            assert train == plain[1] and job.preset.endswith(suffix)
