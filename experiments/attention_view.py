@@ -48,14 +48,14 @@ def view_snapshots(model):
     (experiments.timeseries.icl_window, via table.ModelAnalysis); the first, middle and last
     snapshot when the run has no window. model: table.ModelAnalysis."""
     last = len(model.m.steps) - 1
-    if model.window is None:
+    if model.icl_window is None:
         chosen = [("first", 0), ("middle", last // 2), ("last", last)]
         note = "This run has no phase-change window: its first, middle and last snapshots."
     else:
         i, j = model.before_after_steps
         chosen = [("before", i), ("inside", (i + j) // 2), ("after", j)]
-        note = (f"Snapshots at the start of the phase-change window ({model.window[0] / 1e6:.2f}M "
-                f"tokens), inside it and at its end ({model.window[1] / 1e6:.2f}M).")
+        note = (f"Snapshots at the start of the phase-change window ({model.icl_window[0] / 1e6:.2f}M "
+                f"tokens), inside it and at its end ({model.icl_window[1] / 1e6:.2f}M).")
         if j - i < 2:
             note += " No snapshot lies strictly inside the window."
     indices = [index for _, index in chosen]

@@ -39,7 +39,7 @@ def _heads(m):
 
 def bump_near_window(m):
     """The loss bump is above its noise and lies within one window-width of the window."""
-    w, b = m.window, m.stats.bump
+    w, b = m.icl_window, m.stats.bump
     if w is None or not b.exceeds:
         return False
     width = w[1] - w[0]
@@ -48,7 +48,8 @@ def bump_near_window(m):
 
 def _bump(m):
     b = m.stats.bump
-    return f"{b.size:.3f} nats at {b.at / 1e6:.2f}M (noise {b.noise:.3f}), window {_window(m.window)}"
+    return (f"{b.size:.3f} nats at {b.at / 1e6:.2f}M (noise {b.noise:.3f}), "
+            f"window {_window(m.icl_window)}")
 
 
 def multi_layer_checks(m):
@@ -56,20 +57,20 @@ def multi_layer_checks(m):
     s, last = m.stats, int(m.m.n_layers) - 1
     return [
         (f"{m.name}: an abrupt ICL window, induction heads in the last layer",
-         f"window {_window(m.window)}, induction heads {_heads(m)}",
-         m.window is not None and any(int(h.split(".")[0]) == last for h in m.induction_heads)),
+         f"window {_window(m.icl_window)}, induction heads {_heads(m)}",
+         m.icl_window is not None and any(int(h.split(".")[0]) == last for h in m.induction_heads)),
         (f"{m.name}: over 75% of the ICL score's fall inside the window",
-         "no window" if m.window is None else
+         "no window" if m.icl_window is None else
          f"{percent(s.share_in_window)} ({s.icl_before:+.3f} -> {s.icl_after:+.3f} of "
          f"{s.icl_start:+.3f} -> {s.icl_final:+.3f})", s.share_in_window >= SHARE_IN_WINDOW),
         (f"{m.name}: the ICL score constant after the window (under 10% of its fall after it)",
-         "no window" if m.window is None else
+         "no window" if m.icl_window is None else
          f"{s.change_after:+.3f} nats after it ({percent(s.share_after)})",
          abs(s.share_after) < SHARE_AFTER),
         (f"{m.name}: a loss bump (departure from convexity above noise) at the window",
          _bump(m), bump_near_window(m)),
         (f"{m.name}: the steepest ICL fall anywhere co-occurs with the prefix-matching rise",
-         f"{_window(s.icl_window_anywhere)} vs rise {_window(m.onset)}: overlap "
+         f"{_window(s.icl_window_anywhere)} vs rise {_window(m.prefix_rise)}: overlap "
          f"{percent(s.co_occurrence)}", s.co_occurrence >= CO_OCCURRENCE)]
 
 
@@ -80,9 +81,9 @@ def checks(models):
         if name in models:
             m = models[name]
             out.append((f"{name}: no phase change, no induction head, ICL flat (|final| < 0.1)",
-                        f"window {_window(m.window)}, induction heads {_heads(m)}, final ICL "
+                        f"window {_window(m.icl_window)}, induction heads {_heads(m)}, final ICL "
                         f"{m.icl[-1]:+.3f}",
-                        m.window is None and not m.induction_heads and abs(m.icl[-1]) < 0.1))
+                        m.icl_window is None and not m.induction_heads and abs(m.icl[-1]) < 0.1))
             out.append((f"{name}: no loss bump", _bump(m), not m.stats.bump.exceeds))
     for family in ("attn-only", "mlp", "attn-only-ln"):
         for n in range(2, 7):
@@ -91,13 +92,14 @@ def checks(models):
     if "smeared-1l" in models:
         m = models["smeared-1l"]
         out.append(("smeared-1l: gets the phase change its control never gets",
-                    f"window {_window(m.window)}, induction heads {_heads(m)}",
-                    m.window is not None and bool(m.induction_heads)))
+                    f"window {_window(m.icl_window)}, induction heads {_heads(m)}",
+                    m.icl_window is not None and bool(m.induction_heads)))
     if "smeared-2l" in models and "attn-only-2l" in models:
         s, c = models["smeared-2l"], models["attn-only-2l"]
         out.append(("smeared-2l: phase change earlier than its control",
-                    f"{_window(s.window)} vs control {_window(c.window)}",
-                    s.window is not None and (c.window is None or s.window[0] < c.window[0])))
+                    f"{_window(s.icl_window)} vs control {_window(c.icl_window)}",
+                    s.icl_window is not None
+                    and (c.icl_window is None or s.icl_window[0] < c.icl_window[0])))
     if "attn-only-2l" in models:
         m = models["attn-only-2l"]
         out.append(("attn-only-2l: ablating the induction heads removes most of the ICL score",

@@ -24,11 +24,12 @@ def _x(model):
 
 
 def _shade(ax, model):
-    """The ICL-derivative window (orange) and the prefix-matching onset (dashed)."""
-    if model.window is not None:
-        ax.axvspan(model.window[0] / 1e6, model.window[1] / 1e6, color="orange", alpha=0.25, lw=0)
-    if model.onset is not None:
-        ax.axvline(model.onset[0] / 1e6, color="#7b3294", lw=0.8, ls="--")
+    """The ICL window (orange) and the start of the prefix-matching rise (dashed)."""
+    if model.icl_window is not None:
+        start, end = model.icl_window
+        ax.axvspan(start / 1e6, end / 1e6, color="orange", alpha=0.25, lw=0)
+    if model.prefix_rise is not None:
+        ax.axvline(model.prefix_rise[0] / 1e6, color="#7b3294", lw=0.8, ls="--")
 
 
 def _head_colour(model, l, h, colour):
@@ -187,7 +188,7 @@ def pca_figure(models, coords, ratio, path):
         ax.plot(xy[:, 0], xy[:, 1], "-", color=f"C{k}", lw=1, label=model.name)
         ax.plot(*xy[0], "o", color=f"C{k}", ms=3)
         i, j = model.before_after_steps
-        if model.window is not None:
+        if model.icl_window is not None:
             ax.plot(xy[i:j + 1, 0], xy[i:j + 1, 1], "-", color=f"C{k}", lw=4, alpha=0.4)
     ax.set_xlabel(f"PC1 ({ratio[0]:.0%} of variance)")
     ax.set_ylabel(f"PC2 ({ratio[1]:.0%})")

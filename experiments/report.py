@@ -249,7 +249,7 @@ def _family_extras(family, members, models, out):
     if family == "attn-only":
         parts.append("<h3>Per-token loss change across the phase change (blue: easier after)</h3>")
         for m in members:
-            if m.window is None:
+            if m.icl_window is None:
                 continue
             i, j = m.before_after_steps
             steps = m.m.steps[[i, j]]

@@ -50,7 +50,7 @@ def by_model(models):
 
 
 def _edge(i):
-    return lambda m: np.nan if m.window is None else m.window[i] / 1e6
+    return lambda m: np.nan if m.icl_window is None else m.icl_window[i] / 1e6
 
 
 def _top_head_share(m):
@@ -72,7 +72,8 @@ COLUMNS = [("ICL window start (M tokens)", _edge(0), ".2f"),
            ("final ICL (nats)", lambda m: float(m.icl[-1]), "+.3f"),
            ("share of the ICL fall in the window", lambda m: m.stats.share_in_window, ".0%"),
            ("ICL change after the window", lambda m: m.stats.change_after, "+.3f"),
-           ("prefix rise start (M)", lambda m: np.nan if m.onset is None else m.onset[0] / 1e6, ".2f"),
+           ("prefix rise start (M)",
+            lambda m: np.nan if m.prefix_rise is None else m.prefix_rise[0] / 1e6, ".2f"),
            ("window anywhere, overlap with the prefix rise", lambda m: m.stats.co_occurrence, ".0%"),
            ("ICL removed by ablating the induction heads",
             lambda m: m.shares.get("induction heads", np.nan), ".0%"),

@@ -47,12 +47,12 @@ class ModelAnalysis:
     heads: HeadAblations          # each head's ablation at the window's end and at the last
 
     @property
-    def window(self):
+    def icl_window(self):
         """The phase-change window: the ICL score's steepest fall near the prefix rise."""
         return self.stats.icl_window
 
     @property
-    def onset(self):
+    def prefix_rise(self):
         """Prefix matching's 10%->90% rise."""
         return self.stats.prefix_rise
 
@@ -128,11 +128,11 @@ def summary_line(model):
     where = (f"window {w[0] / 1e6:.2f}M-{w[1] / 1e6:.2f}M tokens, ICL {s.icl_before:+.3f} -> "
              f"{s.icl_after:+.3f} ({percent(s.share_in_window)} of its fall in the window, "
              f"{s.change_after:+.3f} after)" if w else "no phase change")
-    onset = model.onset
+    rise = model.prefix_rise
     shares = ", ".join(f"{k} {v:.0%}" for k, v in model.shares.items()) or "nothing"
     return (f"{model.name:>13} seed {model.seed}: {where}; final ICL {model.icl[-1]:+.3f}; "
             f"loss bump {b.size:.3f} (noise {b.noise:.3f}) at {b.at / 1e6:.2f}M; prefix-matching "
-            f"onset {'%.2fM' % (onset[0] / 1e6) if onset else 'none'}; induction heads "
+            f"onset {'%.2fM' % (rise[0] / 1e6) if rise else 'none'}; induction heads "
             f"{', '.join(model.induction_heads) or 'none'}; ICL removed by ablating {shares}")
 
 

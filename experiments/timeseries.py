@@ -1,11 +1,11 @@
 """Curves over training, in one place: smoothing, the snapshots to evaluate, the ICL score of
-each snapshot, the phase-change windows and onsets read from them, and the paper's
+each snapshot, the prefix-matching rise and the ICL window read from them, and the paper's
 statistics of a phase change (phase_statistics), which `make train-2l` and the Model
 Analysis Table both print.
 
 S snapshots, T = n_ctx, L layers, H heads; tokens (S,) the training tokens of each snapshot.
-Two windows mark the phase change:
-  prefix_onset   where the best layer>=1 head's prefix matching makes 10%..90% of its rise
+Two windows mark the phase change (PhaseStatistics and ModelAnalysis keep the same names):
+  prefix_rise    where the best layer>=1 head's prefix matching makes 10%..90% of its rise
                  (rise_window of best_later_head)
   icl_window     where the ICL score falls fastest (the Model Analysis Table's window)
 """
@@ -77,7 +77,7 @@ def best_later_head(scores):
     return later.reshape(len(scores), -1).max(1)
 
 
-def prefix_onset(tokens, prefix):
+def prefix_rise(tokens, prefix):
     """Where the best layer>=1 head's prefix matching (S, L, H) makes 10%..90% of its rise
     -> (start, end) tokens, or None if it rises < 0.1."""
     return rise_window(tokens, best_later_head(prefix))
@@ -226,7 +226,7 @@ class PhaseStatistics:
     """The paper's statistics of one run's phase change (Argument 1), from its curves; windows
     are (start, end) training tokens or None, ICL scores in nats (negative: in-context
     learning), shares of the ICL score's whole fall from the first measurement to the last."""
-    prefix_rise: tuple           # prefix matching's 10%->90% rise (prefix_onset)
+    prefix_rise: tuple           # prefix matching's 10%->90% rise (prefix_rise)
     icl_window: tuple            # the ICL score's steepest fall near prefix_rise (icl_window)
     icl_window_anywhere: tuple   # the same rule without the restriction to near prefix_rise
     icl_start: float             # the ICL score at the first measurement and at the last
@@ -272,7 +272,7 @@ def phase_statistics(tokens, icl, eval_loss, prefix_tokens, prefix):
     prefix matching at the snapshots' training tokens prefix_tokens (S,)."""
     tokens = np.asarray(tokens, dtype=float)
     icl = np.asarray(icl, dtype=float)
-    rise = prefix_onset(np.asarray(prefix_tokens, dtype=float), prefix)
+    rise = prefix_rise(np.asarray(prefix_tokens, dtype=float), prefix)
     window = icl_window(tokens, icl, near=rise)
     before, after = across(tokens, icl, window) or (float("nan"), float("nan"))
     rise_before, rise_after = across(tokens, icl, rise) or (float("nan"), float("nan"))

@@ -65,7 +65,7 @@ def test_the_passage_repeats_a_span_of_eval_text_without_bos():
 
 
 def _analysis(n, window=None, before_after=(0, 0)):
-    return SimpleNamespace(m=SimpleNamespace(steps=np.arange(n)), window=window,
+    return SimpleNamespace(m=SimpleNamespace(steps=np.arange(n)), icl_window=window,
                            before_after_steps=before_after)
 
 

@@ -22,7 +22,7 @@ def _fake(name, seed, window, final):
                             co_occurrence=1.0, bump=SimpleNamespace(size=0.01, noise=0.004,
                                                                      exceeds=seed != 2))
     heads = SimpleNamespace(share=np.array([[0.9, 0.1], [1.0, 0.0]]))
-    return SimpleNamespace(name=name, seed=seed, window=window, onset=window, stats=stats,
+    return SimpleNamespace(name=name, seed=seed, icl_window=window, prefix_rise=window, stats=stats,
                            icl=np.array([0.0, final]), induction_heads=["1.0"] if window else [],
                            shares={"induction heads": 1.0 + seed / 10}, heads=heads)
 
@@ -50,7 +50,7 @@ def test_checks_are_counted_seed_by_seed():
 
     def checks(group):
         m = group["a"]
-        return [("a has a window", f"seed {m.seed}", m.window is not None), ("always", "-", True)]
+        return [("a has a window", f"seed {m.seed}", m.icl_window is not None), ("always", "-", True)]
     out = seeds.checks_over_seeds(models, checks)
     assert [(s, held, total) for s, _, held, total in out] == [("a has a window", 2, 3), ("always", 3, 3)]
     assert out[0][1] == {0: "seed 0", 1: "seed 1", 2: "seed 2"}

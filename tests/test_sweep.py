@@ -201,7 +201,7 @@ def test_markdown_table_has_a_row_per_model_with_its_measured_numbers(swept):
         assert len(cells) == len(seeds.HEADERS) and cells[:2] == [m.name, "0"]
         assert cells[4] == f"{m.icl[-1]:+.3f}"                      # one seed: the value alone
         assert cells[-1] == (", ".join(m.induction_heads) or "none")
-        assert (cells[2] == "-") == (m.window is None)
+        assert (cells[2] == "-") == (m.icl_window is None)
         bump = m.stats.bump                       # NaN in these short runs: too few snapshots
         size = "-" if np.isnan(bump.size) else f"{bump.size:.3f}"
         assert cells[-2].startswith(f"{size} (noise ") and f"above it on {int(bump.exceeds)}/1" in cells[-2]
@@ -217,8 +217,8 @@ def test_head_ablations_at_the_window_end_are_the_measured_ones(swept):
                     else np.full(len(m.m.ablation_icl[k]), np.nan))       # nothing to remove
         assert np.allclose(m.heads.share[1], expected, equal_nan=True)
         assert np.allclose(m.heads.projection[1], m.attribution[k])
-        if m.window is not None:                          # the window's edges were ablated too
-            assert set(np.searchsorted(m.m.tokens, m.window)) <= set(
+        if m.icl_window is not None:                          # the window's edges were ablated too
+            assert set(np.searchsorted(m.m.tokens, m.icl_window)) <= set(
                 np.searchsorted(m.m.steps, m.m.ablation_steps))
 
 
