@@ -68,14 +68,15 @@ def snapshot_data(model, label, index, tokens):
     m, run = model.m, model.run
     step = int(m.steps[index])
     _, cache = run.model(step).run_with_cache(tokens[None])
-    classes = classify_heads(m.prefix[index], m.copying[index], m.prev_token[index])
+    classes = classify_heads(m.prefix_matching[index], m.copying[index], m.previous_token[index])
     heads = []
     for layer in range(run.config.n_layers):
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"][0]             # (H,T,T)
         for head in range(run.config.n_heads):
             thousandths = np.rint(pattern[head].astype(np.float64) * 1000).astype(int)
             heads.append({"name": f"{layer}.{head}", "class": str(classes[layer, head]),
-                          "scores": [_score(s[index, layer, head]) for s in (m.prefix, m.copying, m.prev_token)],
+                          "scores": [_score(s[index, layer, head])
+                                     for s in (m.prefix_matching, m.copying, m.previous_token)],
                           "rows": [thousandths[q, :q + 1].tolist() for q in range(len(tokens))]})
     return {"label": label, "step": step, "tokens": int(m.tokens[index]), "heads": heads}
 

@@ -119,12 +119,12 @@ def row_icl_sensitivity(ax, model, colour=None):
 
 
 def row_prefix(ax, model, colour="class"):
-    _heads(ax, model, _x(model), model.m.prefix, colour)
+    _heads(ax, model, _x(model), model.m.prefix_matching, colour)
     ax.set_ylim(-0.02, 1.02)
 
 
 def row_qk_trace(ax, model, colour="class"):
-    _heads(ax, model, _x(model), model.m.qk_trace_norm, colour, skip_layer0=True)
+    _heads(ax, model, _x(model), model.m.prev_token_qk_trace_normalised, colour, skip_layer0=True)
     ax.axhline(0, color="k", lw=0.5)
 
 
@@ -222,7 +222,7 @@ def pair_figure(pairs, path):
     for c, (model, control) in enumerate(pairs):
         for m, style in ((model, "-"), (control, "--")):
             axes[0, c].plot(_x(m), m.icl, style, label=m.name)
-            axes[1, c].plot(_x(m), best_later_head(m.m.prefix), style, label=m.name)
+            axes[1, c].plot(_x(m), best_later_head(m.m.prefix_matching), style, label=m.name)
             _shade(axes[0, c], m)
         axes[0, c].set_ylabel("ICL score")
         axes[1, c].set_ylabel("best prefix matching")

@@ -32,8 +32,10 @@ from .timeseries import evaluated_steps, icl_curve, phase_statistics
 VERSION = 2           # 2: the paper's copying score, ablations at the window's edges too
 N_ABLATE = 128        # eval sequences the ablations run on (each head costs one forward pass)
 ABLATED_SNAPSHOTS = 10
-HEAD_SCORES = {"prefix": "prefix_matching", "copying": "copying", "copying_paper": "copying_paper",
-               "prev_token": "previous_token",
+HEAD_SCORES = ("prefix_matching", "copying", "copying_paper", "previous_token",
+               "prev_token_qk_trace", "prev_token_qk_trace_normalised")   # HeadScores' own names
+# the members that caches written before the fields took HeadScores' names hold them under
+OLD_MEMBERS = {"prefix": "prefix_matching", "prev_token": "previous_token",
                "qk_trace": "prev_token_qk_trace", "qk_trace_norm": "prev_token_qk_trace_normalised"}
 SCALARS = {"version": int, "clean_icl_ablate": float, "n_layers": int, "n_heads": int}
 
@@ -42,12 +44,12 @@ SCALARS = {"version": int, "clean_icl_ablate": float, "n_layers": int, "n_heads"
 class Measurements:
     """One run's measurements; on disk one .npz member per field, the arrays read-only.
     S snapshots, N eval sequences, T = n_ctx, L layers, H heads, A ablated snapshots."""
-    prefix: np.ndarray            # (S,L,H) HeadScores.prefix_matching of each snapshot
+    prefix_matching: np.ndarray   # (S,L,H) HeadScores.prefix_matching of each snapshot
     copying: np.ndarray           # (S,L,H) .copying
     copying_paper: np.ndarray     # (S,L,H) .copying_paper (the paper's form: chance -0.846)
-    prev_token: np.ndarray        # (S,L,H) .previous_token
-    qk_trace: np.ndarray          # (S,L,H) .prev_token_qk_trace (NaN in layer 0)
-    qk_trace_norm: np.ndarray     # (S,L,H) .prev_token_qk_trace_normalised
+    previous_token: np.ndarray    # (S,L,H) .previous_token
+    prev_token_qk_trace: np.ndarray             # (S,L,H) .prev_token_qk_trace (NaN in layer 0)
+    prev_token_qk_trace_normalised: np.ndarray  # (S,L,H) .prev_token_qk_trace_normalised
     version: int                  # VERSION
     steps: np.ndarray             # (S,) the snapshots
     tokens: np.ndarray            # (S,) their training tokens
@@ -75,8 +77,9 @@ class Measurements:
 
     @classmethod
     def read(cls, path):
-        """-> Measurements from an .npz; a missing member is a ValueError naming it."""
-        arrays = read_npz(path)
+        """-> Measurements from an .npz (members under their OLD_MEMBERS names too); a missing
+        member is a ValueError naming it."""
+        arrays = {OLD_MEMBERS.get(key, key): value for key, value in read_npz(path).items()}
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in arrays]
         if missing:
             raise ValueError(f"{path}: missing key {missing[0]!r}")
@@ -110,11 +113,11 @@ def cached_measurements(run, path=None):
     return cached
 
 
-def ablation_snapshots(steps, tokens, ctx_loss, prefix):
+def ablation_snapshots(steps, tokens, ctx_loss, prefix_matching):
     """The snapshots whose heads are ablated one by one: ABLATED_SNAPSHOTS spread evenly and
     the two edges of the ICL window (timeseries.phase_statistics, on every snapshot), where
     Argument 3 reads each head's share of the ICL score -> sorted steps."""
-    stats = phase_statistics(tokens, icl_curve(ctx_loss), ctx_loss.mean(1), tokens, prefix)
+    stats = phase_statistics(tokens, icl_curve(ctx_loss), ctx_loss.mean(1), tokens, prefix_matching)
     edges = [] if stats.icl_window is None else [steps[np.searchsorted(tokens, t)]
                                                   for t in stats.icl_window]
     return np.union1d(evaluated_steps(steps, ABLATED_SNAPSHOTS), edges).astype(steps.dtype)
@@ -139,22 +142,22 @@ def measure_run(run, log=None, force=False):
     steps = run.snapshot_steps
     n, t = run.eval_tokens.shape
     index = random_positions(n, t - 1)
-    ctx_loss, random_loss, scores = [], [], {key: [] for key in HEAD_SCORES}
+    ctx_loss, random_loss, scores = [], [], {name: [] for name in HEAD_SCORES}
     with blas_threads(1):
         for i, step in enumerate(steps):
             losses = snapshot_losses(run, step)
             ctx_loss.append(losses.mean(0))
             random_loss.append(losses[np.arange(n), index])
             heads = HeadScores.of_run(run, step)
-            for key, name in HEAD_SCORES.items():
-                scores[key].append(getattr(heads, name))
+            for name in HEAD_SCORES:
+                scores[name].append(getattr(heads, name))
             if log and (i % 10 == 9 or i == len(steps) - 1):
                 log(f"{run.dir.name}: measured {i + 1}/{len(steps)} snapshots, {time.time() - start:.0f} s")
         classes = heads.classes
         n_ablate = min(N_ABLATE, n)
         tokens = run.eval_tokens[:n_ablate]
         ablated_steps = ablation_snapshots(steps, run.snapshot_tokens, np.stack(ctx_loss),
-                                           np.stack(scores["prefix"]))
+                                           np.stack(scores["prefix_matching"]))
         ab_icl, ab_random, ab_clean = [], [], []
         rows = np.arange(n_ablate)
         for step in ablated_steps:
@@ -164,7 +167,7 @@ def measure_run(run, log=None, force=False):
             ab_random.append(result.ablated[:, rows, index[:n_ablate]] - result.clean[rows, index[:n_ablate]])
         groups = group_ablations(classes)
         grouped = ablation_losses(run.model(steps[-1]), tokens, [g for _, g in groups])
-    m = Measurements(**{key: np.stack(value) for key, value in scores.items()},
+    m = Measurements(**{name: np.stack(value) for name, value in scores.items()},
                      version=VERSION, steps=steps, tokens=run.snapshot_tokens,
                      ctx_loss=np.stack(ctx_loss), random_index=index, random_loss=np.stack(random_loss),
                      ablation_steps=ablated_steps, ablation_icl=np.stack(ab_icl),

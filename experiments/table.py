@@ -102,7 +102,7 @@ def analyse(name, family, control, run, m):
     tokens = m.tokens.astype(float)
     icl = icl_curve(m.ctx_loss)
     eval_loss = m.ctx_loss.mean(1)
-    stats = phase_statistics(tokens, icl, eval_loss, tokens, m.prefix)
+    stats = phase_statistics(tokens, icl, eval_loss, tokens, m.prefix_matching)
     i, j, u = before_after(m, stats.icl_window)
     attribution = m.ablation_random @ u
     clean = float(m.clean_icl_ablate)

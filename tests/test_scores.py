@@ -18,9 +18,9 @@ from minitransformer.presets import preset
 from minitransformer.train import train
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-MEASURED = {"prefix": "prefix_matching_score", "copying": "copying_score",
-            "prev_token": "previous_token_score", "qk_trace": "prev_token_qk_trace",
-            "qk_trace_norm": "prev_token_qk_trace_normalised"}
+MEASURED = {"prefix_matching": "prefix_matching_score", "copying": "copying_score",
+            "previous_token": "previous_token_score", "prev_token_qk_trace": "prev_token_qk_trace",
+            "prev_token_qk_trace_normalised": "prev_token_qk_trace_normalised"}
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +43,7 @@ def as_number(x):
 def test_the_two_clis_and_the_cached_measurements_agree(tiny):
     heads, eigen = cli_rows("heads", tiny), cli_rows("eigen", tiny)
     m = measure.measure_run(tiny)
-    S, L, H = m.prefix.shape
+    S, L, H = m.prefix_matching.shape
     assert len(heads) == len(eigen) == S * L * H
     for s, step in enumerate(m.steps):
         for l in range(L):
@@ -62,7 +62,7 @@ def test_the_two_clis_and_the_cached_measurements_agree(tiny):
 def test_make_train_2l_summary_reads_the_same_scores(tiny):
     m = measure.measure_run(tiny)
     a = phase_change.analyse(tiny, points=4)
-    assert np.array_equal(a.prefix_matching, m.prefix) and np.array_equal(a.classes, m.classes)
+    assert np.array_equal(a.prefix_matching, m.prefix_matching) and np.array_equal(a.classes, m.classes)
 
 
 def test_the_sample_is_the_one_measurements_since_version_1_used(tiny):

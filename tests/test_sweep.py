@@ -17,6 +17,7 @@ from circuits import ablation_losses, icl_change
 from experiments import measure, report, seeds, sweep, timeseries
 from experiments.screenshot import check_images
 from minitransformer.io import KILL_AT
+from minitransformer.npz import read_npz, save_npz
 from minitransformer.runs import Run, run_file
 
 TINY = ("total_tokens=3e4", "snapshots=4", "n_eval=12")
@@ -128,7 +129,7 @@ def test_measurements_agree_with_direct_computation(swept):
     n, t = run.eval_tokens.shape
     S, L, H = len(run.snapshot_steps), run.config.n_layers, run.config.n_heads
     assert m.ctx_loss.shape == (S, t - 1) and m.random_loss.shape == (S, n)
-    assert m.prefix.shape == m.qk_trace.shape == (S, L, H) and np.isnan(m.qk_trace[:, 0]).all()
+    assert m.prefix_matching.shape == m.prev_token_qk_trace.shape == (S, L, H) and np.isnan(m.prev_token_qk_trace[:, 0]).all()
     assert m.ablation_icl.shape[1] == L * H and m.ablation_random.shape[1:] == (L * H, n)
     from experiments.losses import per_token_losses
     last = per_token_losses(run.model(), run.eval_tokens)
@@ -144,15 +145,28 @@ def test_the_measurements_file_holds_its_version_2_members(swept):
     path = measure.measurement_file(run)
     with np.load(path) as archive:
         assert sorted(archive.files) == sorted(
-            ["prefix", "copying", "copying_paper", "prev_token", "qk_trace", "qk_trace_norm",
-             "version", "steps", "tokens", "ctx_loss", "random_index", "random_loss",
+            ["prefix_matching", "copying", "copying_paper", "previous_token", "prev_token_qk_trace",
+             "prev_token_qk_trace_normalised", "version", "steps", "tokens", "ctx_loss", "random_index", "random_loss",
              "ablation_steps", "ablation_icl", "ablation_random", "ablation_clean_icl", "classes",
              "group_names", "group_icl", "clean_icl_ablate", "n_layers", "n_heads"])
         assert int(archive["version"]) == measure.VERSION == 2
     m = measure.Measurements.read(path)
     assert m.n_layers == 2 and isinstance(m.clean_icl_ablate, float)
     with pytest.raises(ValueError):
-        m.prefix[0, 0, 0] = 1.0                                     # a record nobody mutates
+        m.prefix_matching[0, 0, 0] = 1.0                            # a record nobody mutates
+
+
+def test_a_cache_with_the_old_member_names_still_loads(swept, tmp_path):
+    root, _ = swept
+    path = measure.measurement_file(Run(root / "attn-only-2l"))
+    new = measure.Measurements.read(path)
+    old_name = {new_name: old_name for old_name, new_name in measure.OLD_MEMBERS.items()}
+    old = {old_name.get(key, key): value for key, value in read_npz(path).items()}
+    assert "prefix" in old and "prefix_matching" not in old
+    save_npz(tmp_path / "old.npz", old)
+    read = measure.Measurements.read(tmp_path / "old.npz")
+    for name in measure.HEAD_SCORES:
+        assert np.array_equal(getattr(read, name), getattr(new, name), equal_nan=True)
 
 
 def test_measurements_are_recomputed_when_the_run_changes(swept):
