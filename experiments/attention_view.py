@@ -47,7 +47,7 @@ def view_snapshots(model):
     sentence saying which: the phase-change window's start, a snapshot inside it and its end
     (experiments.timeseries.icl_window, via table.ModelAnalysis); the first, middle and last
     snapshot when the run has no window. model: table.ModelAnalysis."""
-    last = len(model.m.steps) - 1
+    last = len(model.measurements.steps) - 1
     if model.icl_window is None:
         chosen = [("first", 0), ("middle", last // 2), ("last", last)]
         note = "This run has no phase-change window: its first, middle and last snapshots."
@@ -65,7 +65,7 @@ def view_snapshots(model):
 def snapshot_data(model, label, index, tokens):
     """One snapshot of the view: every head's pattern on `tokens` (run_with_cache), in
     thousandths per query row, with its class and scores from the cached HeadScores."""
-    m, run = model.m, model.run
+    m, run = model.measurements, model.run
     step = int(m.steps[index])
     _, cache = run.model(step).run_with_cache(tokens[None])
     classes = classify_heads(m.prefix_matching[index], m.copying[index], m.previous_token[index])

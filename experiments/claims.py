@@ -54,7 +54,7 @@ def _bump(m):
 
 def multi_layer_checks(m):
     """The claims of Argument 1 for one model of two or more layers."""
-    s, last = m.stats, int(m.m.n_layers) - 1
+    s, last = m.stats, int(m.measurements.n_layers) - 1
     return [
         (f"{m.name}: an abrupt ICL window, induction heads in the last layer",
          f"window {_window(m.icl_window)}, induction heads {_heads(m)}",

@@ -20,7 +20,7 @@ CLASS_COLOURS = {"induction": "#d62728", "previous-token": "#1f77b4", "other": "
 
 
 def _x(model):
-    return model.m.tokens / 1e6
+    return model.measurements.tokens / 1e6
 
 
 def _shade(ax, model):
@@ -35,12 +35,12 @@ def _shade(ax, model):
 def _head_colour(model, l, h, colour):
     if colour == "layer":
         return f"C{l}"
-    return CLASS_COLOURS[str(model.m.classes[l, h])]
+    return CLASS_COLOURS[str(model.measurements.classes[l, h])]
 
 
 def _heads(ax, model, x, values, colour, skip_layer0=False):
     """One line per head: values (K, L, H) or (K, L*H)."""
-    L, H = int(model.m.n_layers), int(model.m.n_heads)
+    L, H = int(model.measurements.n_layers), int(model.measurements.n_heads)
     values = np.asarray(values).reshape(len(x), L, H)
     for l in range(1 if skip_layer0 else 0, L):
         for h in range(H):
@@ -63,7 +63,7 @@ def row_bump(ax, model, colour=None):
     bump = model.stats.bump
     if np.isnan(bump.size):
         return
-    x, _, gap = convexity_gap(model.m.tokens.astype(float), model.eval_loss, BUMP_SMOOTHING)
+    x, _, gap = convexity_gap(model.measurements.tokens.astype(float), model.eval_loss, BUMP_SMOOTHING)
     ax.plot(x / 1e6, gap, color="C1", lw=1.2)
     ax.axhline(bump.noise, color="k", lw=0.7, ls="--")
     ax.set_ylim(0, max(bump.noise, bump.size) * 1.2)
@@ -83,7 +83,7 @@ def _heatmap(ax, model, values, cmap, centred=False):
 
 
 def row_loss_heatmap(ax, model, colour=None):
-    _heatmap(ax, model, model.m.ctx_loss, "viridis")
+    _heatmap(ax, model, model.measurements.ctx_loss, "viridis")
 
 
 def dloss_dlog_index(ctx_loss, width=0.15):
@@ -101,7 +101,7 @@ def dloss_dlog_index(ctx_loss, width=0.15):
 
 
 def row_loss_derivative(ax, model, colour=None):
-    _heatmap(ax, model, dloss_dlog_index(model.m.ctx_loss), "RdBu_r", centred=True)
+    _heatmap(ax, model, dloss_dlog_index(model.measurements.ctx_loss), "RdBu_r", centred=True)
 
 
 def row_icl(ax, model, colour=None):
@@ -110,26 +110,26 @@ def row_icl(ax, model, colour=None):
 
 
 def row_icl_sensitivity(ax, model, colour=None):
-    n = model.m.ctx_loss.shape[1] + 1
+    n = model.measurements.ctx_loss.shape[1] + 1
     for k, (early, late) in enumerate(index_pairs(n)[1:]):
-        ax.plot(_x(model), icl_curve(model.m.ctx_loss, early, late), lw=1, color=f"C{k + 3}",
+        ax.plot(_x(model), icl_curve(model.measurements.ctx_loss, early, late), lw=1, color=f"C{k + 3}",
                 label=f"{late} - {early}")
     ax.plot(_x(model), model.icl, color="C2", lw=1.6, label="default")
     ax.axhline(0, color="k", lw=0.5)
 
 
 def row_prefix(ax, model, colour="class"):
-    _heads(ax, model, _x(model), model.m.prefix_matching, colour)
+    _heads(ax, model, _x(model), model.measurements.prefix_matching, colour)
     ax.set_ylim(-0.02, 1.02)
 
 
 def row_qk_trace(ax, model, colour="class"):
-    _heads(ax, model, _x(model), model.m.prev_token_qk_trace_normalised, colour, skip_layer0=True)
+    _heads(ax, model, _x(model), model.measurements.prev_token_qk_trace_normalised, colour, skip_layer0=True)
     ax.axhline(0, color="k", lw=0.5)
 
 
 def row_ablation_icl(ax, model, colour="class"):
-    _heads(ax, model, model.ablation_tokens / 1e6, model.m.ablation_icl, colour)
+    _heads(ax, model, model.ablation_tokens / 1e6, model.measurements.ablation_icl, colour)
     ax.axhline(0, color="k", lw=0.5)
 
 
@@ -202,7 +202,7 @@ def loss_derivative_figure(models, path):
     """The curiosity: dLoss/dln(tokens) of each model on one plot."""
     fig, ax = plt.subplots(figsize=(7, 4))
     for k, model in enumerate(models):
-        t = model.m.tokens[1:].astype(float)
+        t = model.measurements.tokens[1:].astype(float)
         loss = np.asarray(model.eval_loss[1:], dtype=float)
         slope = np.gradient(loss, np.log(t))
         ax.plot(t / 1e6, moving_average(slope, 5), color=f"C{k}", label=model.name)
@@ -222,7 +222,7 @@ def pair_figure(pairs, path):
     for c, (model, control) in enumerate(pairs):
         for m, style in ((model, "-"), (control, "--")):
             axes[0, c].plot(_x(m), m.icl, style, label=m.name)
-            axes[1, c].plot(_x(m), best_later_head(m.m.prefix_matching), style, label=m.name)
+            axes[1, c].plot(_x(m), best_later_head(m.measurements.prefix_matching), style, label=m.name)
             _shade(axes[0, c], m)
         axes[0, c].set_ylabel("ICL score")
         axes[1, c].set_ylabel("best prefix matching")

@@ -137,13 +137,14 @@ def head_ablation_table(models):
     the last snapshot, for every seed."""
     rows = []
     for m in models:
-        L, H = int(m.m.n_layers), int(m.m.n_heads)
+        measured = m.measurements
+        L, H = int(measured.n_layers), int(measured.n_heads)
         end, last = m.heads.tokens
         for l in range(L):
             for h in range(H):
                 k = l * H + h
-                rows.append([m.name, m.seed, f"{l}.{h}", m.m.classes[l, h],
-                             _num(m.m.copying[-1, l, h], "+.2f"), _num(m.m.copying_paper[-1, l, h], "+.2f"),
+                rows.append([m.name, m.seed, f"{l}.{h}", measured.classes[l, h],
+                             _num(measured.copying[-1, l, h], "+.2f"), _num(measured.copying_paper[-1, l, h], "+.2f"),
                              "-" if np.isnan(end) else f"{end / 1e6:.2f}M",
                              table.percent(m.heads.share[0, k]), _num(m.heads.projection[0, k], "+.3f"),
                              table.percent(m.heads.share[1, k]), _num(m.heads.projection[1, k], "+.3f")])
@@ -158,9 +159,9 @@ def index_pair_table(models):
     [range] over seeds), and the 2-layer minus 1-layer difference where both are there."""
     groups = seeds.by_model(models)
     first = next(iter(groups.values()))[0]
-    pairs = index_pairs(first.m.ctx_loss.shape[1] + 1)
-    finals = {name: [[float(icl_curve(m.m.ctx_loss[-1:], e, l)[0]) for e, l in pairs] for m in ms]
-              for name, ms in groups.items()}
+    pairs = index_pairs(first.measurements.ctx_loss.shape[1] + 1)
+    finals = {name: [[float(icl_curve(m.measurements.ctx_loss[-1:], e, l)[0]) for e, l in pairs]
+                     for m in ms] for name, ms in groups.items()}
     rows = [[name] + [seeds.spread([f[p] for f in fs]).format("+.3f") for p in range(len(pairs))]
             for name, fs in finals.items()]
     for deep, shallow in (("attn-only-2l", "attn-only-1l"), ("mlp-2l", "mlp-1l")):
@@ -252,10 +253,10 @@ def _family_extras(family, members, models, out):
             if m.icl_window is None:
                 continue
             i, j = m.before_after_steps
-            steps = m.m.steps[[i, j]]
+            steps = m.measurements.steps[[i, j]]
             data, losses = table.passage_losses(m.run, steps)
-            parts.append(f"<p>{m.name}: snapshot at {m.m.tokens[i] / 1e6:.2f}M -> "
-                         f"{m.m.tokens[j] / 1e6:.2f}M tokens; mean change "
+            parts.append(f"<p>{m.name}: snapshot at {m.measurements.tokens[i] / 1e6:.2f}M -> "
+                         f"{m.measurements.tokens[j] / 1e6:.2f}M tokens; mean change "
                          f"{float((losses[1] - losses[0]).mean()):+.3f} nats</p>")
             parts.append(coloured_text(data, losses[0], losses[1]))
     if family == "smeared":
@@ -276,7 +277,7 @@ def _family_extras(family, members, models, out):
 def _template_table(m):
     """Argument 4: every head's share of attention to earlier same-category lines (layer 0
     too: a 1-layer model has only it), the induction heads marked."""
-    classes = m.m.classes
+    classes = m.measurements.classes
     heads = [(l, h) for l in range(classes.shape[0]) for h in range(classes.shape[1])]
     shares, uniform, count = table.template_attention(m.run, heads)
     rows = "".join(f"<tr><td>{l}.{h}</td><td>{html.escape(str(classes[l, h]))}</td><td>{a:.0%}</td>"

@@ -35,7 +35,7 @@ class ModelAnalysis:
     control: str                  # the name of its control model ("" if none)
     seed: int                     # TrainConfig.seed of the run
     run: Run
-    m: Measurements
+    measurements: Measurements    # experiments.measure's record of the run
     icl: np.ndarray               # (S,) ICL score of each snapshot
     eval_loss: np.ndarray         # (S,) mean eval loss
     stats: PhaseStatistics        # the paper's statistics of the phase change (timeseries)
@@ -108,7 +108,7 @@ def analyse(name, family, control, run, m):
     clean = float(m.clean_icl_ablate)
     return ModelAnalysis(
         name=name, family=family, control=control, seed=int(run.train_config.get("seed", 0)),
-        run=run, m=m, icl=icl, eval_loss=eval_loss, stats=stats,
+        run=run, measurements=m, icl=icl, eval_loss=eval_loss, stats=stats,
         induction_heads=[f"{l}.{h}" for l, h in zip(*np.nonzero(m.classes == "induction"))],
         ablation_tokens=m.tokens[np.searchsorted(m.steps, m.ablation_steps)],
         attribution=attribution, before_after_steps=(i, j),
@@ -139,18 +139,18 @@ def summary_line(model):
 def joint_pca(models, k=2):
     """PCA of the random-token loss vectors of every snapshot of every model, fitted jointly
     -> ({name: (S, k) coordinates}, explained variance ratios (k,))."""
-    stacked = np.concatenate([m.m.random_loss.astype(float) for m in models])
+    stacked = np.concatenate([m.measurements.random_loss.astype(float) for m in models])
     mean = stacked.mean(0)
     _, s, vt = np.linalg.svd(stacked - mean, full_matrices=False)
     ratio = s[:k] ** 2 / (s ** 2).sum()
-    return {m.name: (m.m.random_loss - mean) @ vt[:k].T for m in models}, ratio
+    return {m.name: (m.measurements.random_loss - mean) @ vt[:k].T for m in models}, ratio
 
 
 def share_table(models):
     """Argument 3: per model, the share of its final ICL score removed by ablating the
     induction heads together and all other heads together."""
     return [(m.name, m.shares.get("induction heads", float("nan")),
-             m.shares.get("all other heads", float("nan")), float(m.m.clean_icl_ablate))
+             m.shares.get("all other heads", float("nan")), float(m.measurements.clean_icl_ablate))
             for m in models]
 
 

@@ -65,7 +65,7 @@ def test_the_passage_repeats_a_span_of_eval_text_without_bos():
 
 
 def _analysis(n, window=None, before_after=(0, 0)):
-    return SimpleNamespace(m=SimpleNamespace(steps=np.arange(n)), icl_window=window,
+    return SimpleNamespace(measurements=SimpleNamespace(steps=np.arange(n)), icl_window=window,
                            before_after_steps=before_after)
 
 
@@ -84,7 +84,7 @@ def test_view_data_holds_every_heads_rounded_pattern_and_its_class(built):
     data = attention_view.view_data(model, tokens)
     chosen, _ = attention_view.view_snapshots(model)
     assert len(tokens) == 63 and tokens[1:32].tolist() == tokens[32:].tolist()
-    assert [s["step"] for s in data["snapshots"]] == [int(model.m.steps[i]) for _, i in chosen]
+    assert [s["step"] for s in data["snapshots"]] == [int(model.measurements.steps[i]) for _, i in chosen]
     for snapshot in data["snapshots"]:
         p = patterns(run, snapshot["step"], tokens)
         classes = HeadScores.of_run(run, snapshot["step"]).classes       # computed again
@@ -95,8 +95,8 @@ def test_view_data_holds_every_heads_rounded_pattern_and_its_class(built):
                 assert np.abs(np.array(row) / 1000 - p[l, h, q, :q + 1]).max() <= 5e-4 + 1e-6
             assert head["class"] == classes[l, h]
     last = data["snapshots"][-1]
-    if last["step"] == model.m.steps[-1]:           # the cached classes of measurements.npz
-        assert [h["class"] for h in last["heads"]] == model.m.classes.ravel().tolist()
+    if last["step"] == model.measurements.steps[-1]:           # the cached classes of measurements.npz
+        assert [h["class"] for h in last["heads"]] == model.measurements.classes.ravel().tolist()
 
 
 def test_the_data_cannot_close_its_script_element():

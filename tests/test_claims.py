@@ -13,7 +13,7 @@ def _model(name, n_layers=2, window=(3e6, 5e6), share_in=0.8, share_after=0.05, 
                             change_after=-share_after * 0.3, icl_before=-0.05, icl_after=-0.29,
                             icl_start=0.0, icl_final=final, co_occurrence=overlap,
                             icl_window_anywhere=window, bump=bump)
-    return SimpleNamespace(name=name, m=SimpleNamespace(n_layers=n_layers), icl_window=window,
+    return SimpleNamespace(name=name, measurements=SimpleNamespace(n_layers=n_layers), icl_window=window,
                            prefix_rise=window, stats=stats, induction_heads=list(heads),
                            icl=np.array([0.0, final]), shares={"induction heads": 0.9},
                            heads=SimpleNamespace(share=np.array([[0.8, 0.1], [0.9, 0.0]])))

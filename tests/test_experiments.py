@@ -135,7 +135,7 @@ def _model(name, random_loss, n_layers=2, n_heads=2, window=None, ablation_rando
     m = SimpleNamespace(tokens=tokens, steps=np.arange(S), random_loss=random_loss, n_layers=n_layers,
                         ablation_random=ablation_random if ablation_random is not None
                         else np.zeros((2, n_layers * n_heads, N)))
-    return SimpleNamespace(name=name, m=m, icl_window=window)
+    return SimpleNamespace(name=name, measurements=m, icl_window=window)
 
 
 def test_joint_pca_fits_every_model_together():
@@ -156,7 +156,7 @@ def test_before_and_after_vector_points_back_to_before():
     after[:4] = 2.0
     random_loss = np.stack([before, before, after, after])
     model = _model("m", random_loss, window=(random_loss.shape[0] and 1 / 3 * 1e6, 2 / 3 * 1e6))
-    i, j, u = table.before_after(model.m, model.icl_window)
+    i, j, u = table.before_after(model.measurements, model.icl_window)
     assert (i, j) == (1, 2) and np.isclose(np.linalg.norm(u), 1)
     # ablating a head that undoes the phase change projects positively; its opposite negatively
     assert (before - after) @ u > 0 and (after - before) @ u < 0

@@ -225,15 +225,15 @@ def test_head_ablations_at_the_window_end_are_the_measured_ones(swept):
     root, _ = swept
     models, _ = report.load(root, JOBS, log=None, measure=True)
     for m in models.values():
-        k = list(m.m.ablation_steps).index(m.m.steps[-1])
-        clean = float(m.m.ablation_clean_icl[k])
-        expected = (m.m.ablation_icl[k] / -clean if clean <= -timeseries.MIN_FALL
-                    else np.full(len(m.m.ablation_icl[k]), np.nan))       # nothing to remove
+        k = list(m.measurements.ablation_steps).index(m.measurements.steps[-1])
+        clean = float(m.measurements.ablation_clean_icl[k])
+        expected = (m.measurements.ablation_icl[k] / -clean if clean <= -timeseries.MIN_FALL
+                    else np.full(len(m.measurements.ablation_icl[k]), np.nan))       # nothing to remove
         assert np.allclose(m.heads.share[1], expected, equal_nan=True)
         assert np.allclose(m.heads.projection[1], m.attribution[k])
         if m.icl_window is not None:                          # the window's edges were ablated too
-            assert set(np.searchsorted(m.m.tokens, m.icl_window)) <= set(
-                np.searchsorted(m.m.steps, m.m.ablation_steps))
+            assert set(np.searchsorted(m.measurements.tokens, m.icl_window)) <= set(
+                np.searchsorted(m.measurements.steps, m.measurements.ablation_steps))
 
 
 def test_the_bpe_recipe_names_the_bpe_presets_into_its_own_folder():
