@@ -42,30 +42,32 @@ def repeated_passage(eval_tokens, n_ctx, span=SPAN):
     raise ValueError(f"eval text: no {span} tokens in a row without BOS for the passage")
 
 
-def view_snapshots(model):
+def view_snapshots(analysis):
     """The snapshots shown, [(label, index into the measurements' snapshots)], and a
     sentence saying which: the phase-change window's start, a snapshot inside it and its end
-    (experiments.timeseries.icl_window, via table.ModelAnalysis); the first, middle and last
-    snapshot when the run has no window. model: table.ModelAnalysis."""
-    last = len(model.measurements.steps) - 1
-    if model.icl_window is None:
+    (experiments.timeseries.icl_window); the first, middle and last snapshot when the run has
+    no window. analysis: the model's table.ModelAnalysis."""
+    last = len(analysis.measurements.steps) - 1
+    if analysis.icl_window is None:
         chosen = [("first", 0), ("middle", last // 2), ("last", last)]
         note = "This run has no phase-change window: its first, middle and last snapshots."
     else:
-        i, j = model.before_after_steps
+        i, j = analysis.before_after_steps
+        start, end = analysis.icl_window
         chosen = [("before", i), ("inside", (i + j) // 2), ("after", j)]
-        note = (f"Snapshots at the start of the phase-change window ({model.icl_window[0] / 1e6:.2f}M "
-                f"tokens), inside it and at its end ({model.icl_window[1] / 1e6:.2f}M).")
+        note = (f"Snapshots at the start of the phase-change window ({start / 1e6:.2f}M "
+                f"tokens), inside it and at its end ({end / 1e6:.2f}M).")
         if j - i < 2:
             note += " No snapshot lies strictly inside the window."
     indices = [index for _, index in chosen]
     return [c for k, c in enumerate(chosen) if c[1] not in indices[:k]], note
 
 
-def snapshot_data(model, label, index, tokens):
+def snapshot_data(analysis, label, index, tokens):
     """One snapshot of the view: every head's pattern on `tokens` (run_with_cache), in
-    thousandths per query row, with its class and scores from the cached HeadScores."""
-    m, run = model.measurements, model.run
+    thousandths per query row, with its class and scores from the cached HeadScores.
+    analysis: table.ModelAnalysis."""
+    m, run = analysis.measurements, analysis.run
     step = int(m.steps[index])
     _, cache = run.model(step).run_with_cache(tokens[None])
     classes = classify_heads(m.prefix_matching[index], m.copying[index], m.previous_token[index])
@@ -85,12 +87,13 @@ def _score(x):
     return None if np.isnan(x) else round(float(x), 3)
 
 
-def view_data(model, tokens):
-    """Everything one model's view shows, as a JSON-ready dict."""
-    chosen, note = view_snapshots(model)
-    return {"name": model.name, "n_heads": model.run.config.n_heads, "note": note,
-            "tokens": [int(t) for t in tokens], "labels": [model.run.tokenizer.label(t) for t in tokens],
-            "snapshots": [snapshot_data(model, label, i, tokens) for label, i in chosen]}
+def view_data(analysis, tokens):
+    """Everything one model's view shows, as a JSON-ready dict. analysis: table.ModelAnalysis."""
+    chosen, note = view_snapshots(analysis)
+    run = analysis.run
+    return {"name": analysis.name, "n_heads": run.config.n_heads, "note": note,
+            "tokens": [int(t) for t in tokens], "labels": [run.tokenizer.label(t) for t in tokens],
+            "snapshots": [snapshot_data(analysis, label, i, tokens) for label, i in chosen]}
 
 
 def script_json(data):
@@ -100,19 +103,21 @@ def script_json(data):
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
-def model_view(model, tokens, opened=False):
-    """One model's view: a <details> block holding its data; SCRIPT builds the rest."""
-    data = view_data(model, tokens)
-    return (f"<details class='attn-view'{' open' if opened else ''}><summary>{html.escape(model.name)}: "
-            f"{model.run.config.n_layers} layers x {model.run.config.n_heads} heads, "
+def model_view(analysis, tokens, opened=False):
+    """One model's view: a <details> block holding its data; SCRIPT builds the rest.
+    analysis: table.ModelAnalysis."""
+    data = view_data(analysis, tokens)
+    config = analysis.run.config
+    return (f"<details class='attn-view'{' open' if opened else ''}><summary>{html.escape(analysis.name)}: "
+            f"{config.n_layers} layers x {config.n_heads} heads, "
             f"{len(data['snapshots'])} snapshots</summary>"
             f"<script type='application/json' class='attn-data'>{script_json(data)}</script></details>")
 
 
-def section(models, text=None):
-    """The report's attention section: a view of every model with 2+ layers (models:
+def section(analyses, text=None):
+    """The report's attention section: a view of every model with 2+ layers (analyses: their
     table.ModelAnalysis), on the repeated eval-text passage of each run, or on `text`."""
-    deep = [m for m in models if m.run.config.n_layers >= 2]
+    deep = [m for m in analyses if m.run.config.n_layers >= 2]
     if not deep:
         return ""
     views = []
