@@ -39,7 +39,7 @@ def selected_steps(run, args, all_by_default=False):
 def step_and_tokens(run, step):
     """(step, training tokens) of snapshot `step`; None: the latest weights'."""
     if step is None:
-        return int(run.data.get("state.step", -1)), int(run.data.get("state.tokens", -1))
+        return run.step, run.tokens
     return int(step), run.tokens_at(step)
 
 

@@ -113,7 +113,7 @@ def finished(out, model, train_config):
     if differ:
         raise ValueError(f"{out}: holds a run with other settings ({'; '.join(differ)}); "
                          f"move it away or choose another --root")
-    return int(run.data["state.tokens"]) >= train_config["total_tokens"]
+    return run.tokens >= train_config["total_tokens"]
 
 
 def run_job(job, root, measure=True, progress=True, device="cpu"):

@@ -166,7 +166,7 @@ def export_run(run_or_path, out, step=None):
     transformer_lens_config(run.config)
     model = run.model(step)
     if step is None:
-        step, tokens = int(run.data["state.step"]), int(run.data["state.tokens"])
+        step, tokens = run.step, run.tokens
     else:
         step, tokens = int(step), run.tokens_at(int(step))
     return save_transformer_lens(model, out, {"run": str(run.path), "step": step, "tokens": tokens})

@@ -180,6 +180,16 @@ class Run:
         return Model(self.config, params=self.params(step), device=device or self.device,
                      dtype=dtype)
 
+    @property
+    def step(self):
+        """Training steps taken by the latest weights (state.step)."""
+        return int(self.data["state.step"])
+
+    @property
+    def tokens(self):
+        """Training tokens seen by the latest weights (state.tokens)."""
+        return int(self.data["state.tokens"])
+
     def tokens_at(self, step):
         """Training tokens seen at snapshot `step`."""
         index = int(np.flatnonzero(self.snapshot_steps == step)[0])

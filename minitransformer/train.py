@@ -225,7 +225,7 @@ def _train(out, cfg, tc, corpus, tokenizer, run, progress, smear):
         rng.bit_generator.state = run.rng_state
         log = {k: list(v) for k, v in run.log.items()}
         snapshots = list(zip(run.snapshot_steps.tolist(), run.snapshot_tokens.tolist()))
-        step = int(run.data["state.step"])
+        step = run.step
         elapsed = float(log["seconds"][-1]) if log["seconds"] else 0.0
         eval_tokens, token_counts = run.eval_tokens, run.token_counts
     else:
@@ -317,7 +317,7 @@ def main(argv=None):
               f"same command and --resume", file=sys.stderr)
         return 130
     final = run.log["loss"][-50:]
-    print(f"{run.dir}: {int(run.data['state.step'])} steps, {int(run.data['state.tokens']):,} "
+    print(f"{run.dir}: {run.step} steps, {run.tokens:,} "
           f"tokens, final train loss {np.mean(final):.4f}, {len(run.snapshot_steps)} snapshots")
     return 0
 

@@ -22,6 +22,7 @@ from minitransformer.backend import array_module, to_numpy
 from minitransformer.presets import preset
 from minitransformer.runs import Run, read_npz
 from minitransformer.train import Progress, main, train
+from minitransformer.interventions import ablate_heads, combine, replay, scale_heads
 
 import fake_cupy
 
@@ -88,16 +89,16 @@ def test_gpu_rejects_out_of_range_tokens(gpu):
 
 
 INTERVENTIONS = {
-    "zero_heads": lambda cache: dict(zero_heads=[(0, 1), (1, 3)]),
-    "head_mask (H,)": lambda cache: dict(head_mask={1: np.array([1.0, 0.0, 0.5, 1.0])}),
-    "head_mask (B,H)": lambda cache: dict(head_mask={0: np.eye(4)}),
-    "patterns, pattern-preserving": lambda cache: dict(
-        zero_heads=[(0, 2)], patterns={k: v for k, v in cache.items() if k.endswith("hook_pattern")}),
-    "z replayed": lambda cache: dict(zero_heads=[(0, 1)],
-                                     z={"blocks.0.attn.hook_z": cache["blocks.0.attn.hook_z"]}),
+    "ablate_heads": lambda cache: dict(hooks=ablate_heads([(0, 1), (1, 3)])),
+    "scale_heads (H,)": lambda cache: dict(hooks=scale_heads({1: np.array([1.0, 0.0, 0.5, 1.0])})),
+    "scale_heads (B,H)": lambda cache: dict(hooks=scale_heads({0: np.eye(4)})),
+    "patterns replayed, pattern-preserving": lambda cache: dict(hooks=combine(
+        replay(cache, [k for k in cache if k.endswith("hook_pattern")]), ablate_heads([(0, 2)]))),
+    "z replayed": lambda cache: dict(hooks=combine(replay(cache, ["blocks.0.attn.hook_z"]),
+                                                   ablate_heads([(0, 1)]))),
     "start_at_layer, z replayed": lambda cache: dict(
-        zero_heads=[(1, 2)], start_at_layer=1, resid_pre=cache["blocks.1.hook_resid_pre"],
-        z={"blocks.1.attn.hook_z": cache["blocks.1.attn.hook_z"]}),
+        hooks=combine(replay(cache, ["blocks.1.attn.hook_z"]), ablate_heads([(1, 2)])),
+        start_at_layer=1, resid_pre=cache["blocks.1.hook_resid_pre"]),
     "hook_z replaced": lambda cache: dict(hooks={"blocks.1.attn.hook_z": _zero_head_2}),
     "hook_attn_scores replaced": lambda cache: dict(
         hooks={"blocks.0.attn.hook_attn_scores": lambda a, name: a * 0.5}),
@@ -112,18 +113,19 @@ def _zero_head_2(z, name):          # z (B,T,H,E), on the model's device
     return z
 
 
-@pytest.mark.parametrize("make", INTERVENTIONS.values(), ids=INTERVENTIONS.keys())
-def test_interventions_match_numpy(gpu, make):
+@pytest.mark.parametrize("name", INTERVENTIONS)
+def test_interventions_match_numpy(gpu, name):
     cpu, dev = pair(CONFIGS["attn-only"])
     _, other = cpu.run_with_cache(tokens(seed=1))
-    kwargs = make(other)
+    kwargs = INTERVENTIONS[name](other)
     x = tokens()
     assert_allclose(dev.forward(x, **kwargs), cpu.forward(x, **kwargs), rtol=1e-4, atol=1e-4)
     assert_allclose(dev.per_token_loss(x, **kwargs), cpu.per_token_loss(x, **kwargs),
                     rtol=1e-4, atol=1e-4)
-    if "hooks" not in kwargs and "start_at_layer" not in kwargs:   # gradients run through the
-        # head masks and the replayed patterns and head outputs
-        assert_grads_close(dev.loss_and_grads(x, **kwargs)[1], cpu.loss_and_grads(x, **kwargs)[1])
+    if "replaced" not in name and "start_at_layer" not in kwargs:   # gradients run through the
+        # head scales and the replayed patterns and head outputs
+        hooks = kwargs["hooks"]
+        assert_grads_close(dev.loss_and_grads(x, hooks)[1], cpu.loss_and_grads(x, hooks)[1])
 
 
 def test_run_with_cache_and_reading_hooks_match_numpy(gpu):
@@ -201,7 +203,7 @@ def interrupted(monkeypatch, out, device, snapshots=3):
         m.setattr(Progress, "snapshot", stop_after)
         with pytest.raises(Stop):
             short_run(out, device)
-    assert Run(out).data["state.step"] == written[-1] > 0
+    assert Run(out).step == written[-1] > 0
 
 
 @pytest.mark.parametrize("first,then", [("cpu", "gpu"), ("gpu", "cpu")])

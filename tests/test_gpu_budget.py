@@ -96,7 +96,7 @@ def test_the_training_loop_reads_the_device_once_a_step(fake_gpu, tmp_path):
     with fake_cupy.counting() as counts:
         run = train(tmp_path / "run", model, dict(settings, total_tokens=5120, device="gpu"),
                     progress=False)
-    steps = int(run.data["state.step"])
+    steps = run.step
     reads = [s for s in counts.syncs if "to_floats" in s and "_train" in s]
     others = [s for s in counts.syncs if s not in reads]
     assert len(reads) == steps == 20, counts.report()

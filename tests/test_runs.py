@@ -25,10 +25,10 @@ def tiny_run(tmp_path_factory):
 
 def test_run_holds_what_the_format_promises(tiny_run):
     run = tiny_run
-    assert run.snapshot_steps[0] == 0 and run.snapshot_steps[-1] == int(run.data["state.step"])
+    assert run.snapshot_steps[0] == 0 and run.snapshot_steps[-1] == run.step
     assert len(run.snapshot_steps) == TINY[1]["snapshots"]
     assert run.eval_tokens.shape == (TINY[1]["n_eval"], TINY[0]["n_ctx"])
-    assert len(run.log["loss"]) == int(run.data["state.step"])
+    assert len(run.log["loss"]) == run.step
     assert all((run.dir / "snapshots" / f"step_{s:07d}.npz").exists() for s in run.snapshot_steps)
     assert not list(run.dir.rglob("*.tmp"))
 

@@ -39,7 +39,7 @@ def test_local_pool_trains_and_measures_every_job(swept):
         f"{root / j.name}: trained, measured" for j in JOBS)
     for job in JOBS:
         run = Run(root / job.name)
-        assert int(run.data["state.tokens"]) >= 30_000 and len(run.snapshot_steps) == 4
+        assert run.tokens >= 30_000 and len(run.snapshot_steps) == 4
         assert measure.measurement_file(run).exists()
 
 
@@ -64,7 +64,7 @@ def test_an_interrupted_job_resumes_to_the_same_model(tmp_path, monkeypatch):
     worker.join(120)
     monkeypatch.delenv(KILL_AT)
     assert worker.exitcode == -signal.SIGKILL
-    assert int(Run(tmp_path / "cut" / "m").data["state.tokens"]) < 60_000    # stopped part way
+    assert Run(tmp_path / "cut" / "m").tokens < 60_000                      # stopped part way
     assert "trained" in sweep.run_job(job, tmp_path / "cut", measure=False, progress=False)
     a, b = Run(tmp_path / "straight" / "m").params(), Run(tmp_path / "cut" / "m").params()
     assert all(np.array_equal(a[k], b[k]) for k in a)
