@@ -206,10 +206,6 @@ def as_train_config(values):
     return TrainConfig(**values)
 
 
-def open_run(path):
-    return Run(path)
-
-
 def load_model(path, step=None, device="cpu"):
     """minitransformer.load: the latest weights of a run, or snapshot `step` -> Model."""
     return Run(path, device).model(step)
