@@ -1,5 +1,5 @@
 """Attention-head ablations (paper, method "(2) Per-token losses (attention head
-ablations)"), and the in-context-learning score they are read with.
+ablations)"), read with the in-context-learning score (circuits.icl).
 
 N eval sequences, T positions, V d_vocab, A ablations.
 
@@ -32,6 +32,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from .icl import icl_score
+
 METHODS = ("pattern-preserving", "full")
 BATCH = 16
 
@@ -39,40 +41,6 @@ AblationLosses = namedtuple("AblationLosses", "clean ablated ablations method")
 AblationLosses.__doc__ = """clean (N,T-1) per-token losses of the unablated model; ablated
 (A,N,T-1), one row per ablation; ablations: A tuples of (layer, head); method."""
 
-
-# ---- the in-context-learning score (paper, "In-context learning score") -------------------
-# losses[n, i] is the loss of predicting token i+1 of sequence n from tokens 0..i, so the loss
-# "at context index i" (the i-th token, predicted from i earlier ones) is losses[:, i-1].
-
-def context_indices(n_ctx):
-    """The paper's early and late context indices, 50 and 500 of 512, scaled to n_ctx."""
-    return max(1, round(50 / 512 * n_ctx)), min(n_ctx - 1, round(500 / 512 * n_ctx))
-
-
-def index_window(n_ctx, index, half_window=None):
-    """The columns of per-token losses (..., T-1) read as the loss at context index `index`:
-    indices index +- half_window (default n_ctx/64, so one index's token noise does not
-    dominate), clipped to 1..n_ctx-1. -> a slice."""
-    w = max(1, round(n_ctx / 64)) if half_window is None else half_window
-    return slice(max(1, index - w) - 1, min(n_ctx - 1, index + w))
-
-
-def loss_at_index(losses, index, half_window=None):
-    """Mean loss at context index `index`, averaged over sequences (N, T-1) and over the
-    index_window around it."""
-    return float(losses[:, index_window(losses.shape[1] + 1, index, half_window)].mean())
-
-
-def icl_score(losses, early=None, late=None, half_window=None):
-    """In-context learning score: loss at the late index minus loss at the early index
-    (negative = later tokens are easier). losses (N, T-1)."""
-    n_ctx = losses.shape[1] + 1
-    default_early, default_late = context_indices(n_ctx)
-    return (loss_at_index(losses, late or default_late, half_window)
-            - loss_at_index(losses, early or default_early, half_window))
-
-
-# ---- ablations -------------------------------------------------------------------------------
 
 def every_head(config):
     """[((0, 0),), ((0, 1),), ...]: each head of the model alone, layer by layer."""

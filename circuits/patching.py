@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from minitransformer.backend import to_numpy
+from minitransformer.interventions import combine
 from minitransformer.io import atomic_write, error, os_error, output_file
 from minitransformer.runs import Run
 
@@ -107,11 +108,11 @@ def _check_source(model, corrupted_tokens, clean_cache, name):
 
 
 def patch_head_out(model, corrupted_tokens, clean_cache, metric, hook="hook_z", positions=None,
-                   **interventions):
+                   hooks=None):
     """(L,H): metric(logits) of the corrupted run with head h of layer l's output, its slice
     of blocks.{l}.attn.{hook} (hook_z or hook_result), replaced by the clean run's at
-    `positions` (a list; None: every position), one head at a time. interventions (e.g.
-    patterns=) go to every patched forward."""
+    `positions` (a list; None: every position), one head at a time. hooks (e.g. a replay of
+    the patterns, minitransformer.interventions) go to every patched forward, before the patch."""
     if hook not in HEAD_HOOKS:
         raise ValueError(f"hook: {hook!r} is not one of {', '.join(HEAD_HOOKS)}")
     cfg = model.config
@@ -121,16 +122,16 @@ def patch_head_out(model, corrupted_tokens, clean_cache, metric, hook="hook_z", 
         name = f"blocks.{layer}.attn.{hook}"
         tokens = _check_source(model, corrupted_tokens, clean_cache, name)
         for head in range(cfg.n_heads):
-            hooks = patch_hook(clean_cache, name, (slice(None), where, head))
-            values[layer, head] = metric(model.forward(tokens, hooks=hooks, **interventions))
+            patch = patch_hook(clean_cache, name, (slice(None), where, head))
+            values[layer, head] = metric(model.forward(tokens, hooks=combine(hooks or {}, patch)))
     return values
 
 
 def patch_resid(model, corrupted_tokens, clean_cache, metric, hook="hook_resid_pre",
-                positions=None, **interventions):
+                positions=None, hooks=None):
     """(L,P): metric(logits) of the corrupted run with blocks.{l}.{hook} (the residual
     stream, (B,T,D)) replaced by the clean run's at position positions[p] alone (None:
-    every position)."""
+    every position). hooks: as patch_head_out's."""
     if hook not in RESID_HOOKS:
         raise ValueError(f"hook: {hook!r} is not one of {', '.join(RESID_HOOKS)}")
     cfg = model.config
@@ -141,8 +142,8 @@ def patch_resid(model, corrupted_tokens, clean_cache, metric, hook="hook_resid_p
         name = f"blocks.{layer}.{hook}"
         tokens = _check_source(model, corrupted_tokens, clean_cache, name)
         for i, position in enumerate(positions):
-            hooks = patch_hook(clean_cache, name, (slice(None), position))
-            values[layer, i] = metric(model.forward(tokens, hooks=hooks, **interventions))
+            patch = patch_hook(clean_cache, name, (slice(None), position))
+            values[layer, i] = metric(model.forward(tokens, hooks=combine(hooks or {}, patch)))
     return values
 
 

@@ -19,6 +19,7 @@ LN models as well; without LayerNorm, it is exact given the patterns alone.
 import numpy as np
 
 from minitransformer.backend import to_numpy
+from minitransformer.interventions import replay
 from minitransformer.ops.attention import smear_forward
 
 from . import layernorm
@@ -29,7 +30,7 @@ def _forward(model, tokens, patterns):
     if not model.config.attn_only:
         raise ValueError("path expansion is for attention-only models (attn_only=True)")
     tokens = to_numpy(model.tokens(tokens))
-    _, cache = model.run_with_cache(tokens, patterns=patterns)
+    _, cache = model.run_with_cache(tokens, hooks=replay(patterns, list(patterns)) if patterns else None)
     return tokens, cache, analysis_params(model)
 
 
@@ -41,7 +42,8 @@ def path_name(path):
 def logit_path_terms(model, tokens, patterns=None):
     """The logits split by path: {path: (B,T,V)}, path a tuple of (layer, head) in the order
     the signal flows: () the direct path, ((l, h),) a head, ((0, 1), (1, 0)) the virtual head
-    where 1.0 reads 0.1's output. The terms sum to model.forward(tokens, patterns=patterns).
+    where 1.0 reads 0.1's output. The terms sum to model.forward(tokens), or with patterns to
+    model.forward(tokens, hooks=replay(patterns, list(patterns))) (minitransformer.interventions).
     tokens (B,T) or (T,); patterns: {hook name: (B,H,T,T)} to freeze, else the model's own."""
     cfg = model.config
     tokens, cache, p = _forward(model, tokens, patterns)
@@ -73,7 +75,8 @@ def logit_path_terms(model, tokens, patterns=None):
 def sum_terms(terms, without=()):
     """The sum of the path terms whose path passes through none of the heads `without`
     ([(layer, head), ...]). With one head left out this is the pattern-preserving ablation of
-    that head: model.forward(tokens, zero_heads=[head], patterns=<the unablated patterns>)."""
+    that head: model.forward(tokens, hooks=combine(replay(<the unablated patterns>),
+    ablate_heads([head])))."""
     without = set(map(tuple, without))
     return sum(x for path, x in terms.items() if not without.intersection(path))
 

@@ -23,8 +23,8 @@ What to compute:
 Shapes: losses (N, T-1) -> float. pattern_preserving_losses -> (N, T-1).
         icl_change -> (n_layers, n_heads).
 
-model.per_token_loss(tokens, zero_heads=[(layer, head)]) runs the model with a head
-zeroed: a full ablation, every later pattern recomputed. Compare it with yours on head 0.0
+model.per_token_loss(tokens, hooks=ablate_heads([(layer, head)])) runs the model with a head
+zeroed (minitransformer.interventions): a full ablation, every later pattern recomputed. Compare it with yours on head 0.0
 and explain the difference (exercise 10 tells you why).
 
 Run: python -m exercises.ex12_ablation_icl    Check: make exercise N=12
@@ -34,6 +34,7 @@ import numpy as np
 
 from circuits import context_indices
 from exercises import common
+from minitransformer.interventions import ablate_heads, combine, replay
 
 
 def icl_score(losses, early, late, half_window=1):
@@ -68,7 +69,7 @@ if __name__ == "__main__":
     for layer in range(model.config.n_layers):
         for head in range(model.config.n_heads):
             names.append(f"{layer}.{head}")
-            full_losses = model.per_token_loss(tokens, zero_heads=[(layer, head)])
+            full_losses = model.per_token_loss(tokens, hooks=ablate_heads([(layer, head)]))
             full.append(icl_score(full_losses, early, late) - icl_score(clean, early, late))
             print(f"head {layer}.{head}: ICL score change, pattern-preserving "
                   f"{preserving[layer, head]:+.2f}, full ablation {full[-1]:+.2f}")

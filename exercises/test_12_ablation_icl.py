@@ -46,7 +46,7 @@ def test_pattern_preserving_losses_match_the_library():
                     ex.pattern_preserving_losses(model, tokens, layer, head), expected,
                     "circuits.ablation_losses(..., 'pattern-preserving')", rtol=1e-5, atol=1e-6,
                     mistakes={"that is a full ablation: replay the clean run's patterns "
-                              "(patterns=...) so only the values see the head's absence": full})
+                              "(interventions.replay) so only the values see the head's absence": full})
 
 
 @pytest.mark.checks("icl_change")

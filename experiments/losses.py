@@ -1,16 +1,13 @@
-"""Per-token losses of snapshots on a run's fixed eval set, cached beside the run, and the
-in-context-learning score (paper: "Data Collection", "In-context learning score").
+"""Per-token losses of snapshots on a run's fixed eval set, cached beside the run (paper:
+"Data Collection"); circuits.icl reads the in-context-learning score from them.
 
 losses[n, i] is the loss of predicting token i+1 of eval sequence n from tokens 0..i, so the
 loss "at context index i" (the i-th token, predicted from i earlier ones) is losses[:, i-1].
-context_indices, loss_at_index and icl_score live in circuits.ablation (the head ablations
-read their ICL change with them) and are imported here.
 """
 import contextlib
 
 import numpy as np
 
-from circuits.ablation import context_indices, icl_score, loss_at_index  # noqa: F401 (re-exported)
 from minitransformer.runs import read_npz, save_npz, snapshot_file
 
 BATCH = 32   # part of the numbers: OpenBLAS rounds a (B*T, D) product differently for another B

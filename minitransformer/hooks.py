@@ -5,11 +5,14 @@ one, where a user's hook can read it or replace it, and where run_with_cache rec
 
 fn(activation, name) sees the activation in TransformerLens's shape, read-only (NumPy); it
 returns None to leave it alone, or a replacement of the same shape, which is what the rest of
-the forward computes with. Model.hook_names() lists the names of a model.
+the forward computes with. A point may have a list of hooks, run in order.
+Model.hook_names() lists the names of a model; minitransformer.interventions builds hooks
+for ablations and replays.
 """
 import numpy as np
 
 from .backend import array_module
+from .interventions import engine_hooks, is_engine_point
 
 
 class HookPoints:
@@ -18,7 +21,8 @@ class HookPoints:
     `replaced` lists the names whose hook returned a replacement, for the backward to refuse."""
 
     def __init__(self, hooks=None, record=None, prefix="", replaced=None):
-        self.hooks = hooks or {}
+        self.hooks = {name: list(fns) if isinstance(fns, (list, tuple)) else [fns]
+                      for name, fns in (hooks or {}).items()}
         self.record = record
         self.prefix = prefix
         self.replaced = [] if replaced is None else replaced
@@ -33,13 +37,22 @@ class HookPoints:
         attention scores, each head's result) only then."""
         return self.record is not None or self.prefix + name in self.hooks
 
+    def engine(self, name):
+        """-> (replayed value or None, [HeadScale, ...]): what the hooks at `name` ask the
+        engine itself to do (minitransformer.interventions); (None, []) where nothing."""
+        return engine_hooks(self.hooks.get(self.prefix + name, ()), self.prefix + name)
+
     def __call__(self, name, x):
-        """x through hook point `name` -> x itself, or the hook's replacement."""
+        """x through hook point `name` -> x itself, or the hooks' replacement. At the points
+        where the engine applies replays and head scales itself, it skips those hooks."""
         if not self.hooks and self.record is None:
             return x
         full = self.prefix + name
-        fn = self.hooks.get(full)
-        if fn is not None:
+        fns = self.hooks.get(full, ())
+        if fns and is_engine_point(full):
+            replayed, scales = engine_hooks(fns, full)
+            fns = fns[(replayed is not None) + len(scales):]
+        for fn in fns:
             new = fn(_read_only(x), full)
             if new is not None:
                 x = _replacement(full, x, new)

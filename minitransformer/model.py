@@ -11,6 +11,7 @@ from . import ops
 from .backend import array_module, resolve_device, to_floats, to_numpy
 from .config import ModelConfig
 from .hooks import HookPoints
+from .interventions import HeadScale, engine_hooks
 from .params import check_params, init_params
 from .cpu import keep_freed_memory, resolve_threads, sharded
 
@@ -28,33 +29,15 @@ class Model:
     device, so a seed gives the same model on NumPy and CuPy.
     device: "cpu", "gpu" (CuPy; an error if it cannot run here) or "auto" (CuPy if it can,
     else NumPy). dtype: float32 to train, float64 for gradient checks.
-
-    Interventions, accepted by forward, run_with_cache, per_token_loss, loss_and_grads:
-      zero_heads=[(layer, head), ...]  zero those heads' outputs (a full ablation when
-                                       patterns are recomputed)
-      head_mask={layer: (H,) or (B,H)} multiply each head's output; the (B,H) form ablates a
-                                       different head per batch row, vectorising ablations
-      patterns={"blocks.{l}.attn.hook_pattern": (B,H,T,T)} replay recorded patterns in those
-                                       layers (with zero_heads: a pattern-preserving ablation)
-      z={"blocks.{l}.attn.hook_z": (B,T,H,E)} replay recorded head outputs in those layers,
-                                       before zero_heads and head_mask act on them: the layer
-                                       makes no values, queries, keys or pattern (an ablation
-                                       in layer l with the other heads' outputs as they were)
-
-    Hooks, TransformerLens-style, accepted by the same four (and forward_train):
-      hooks={name: fn}   at each hook point of hook_names() fn(activation, name) sees the
-                         activation in TransformerLens's shape (hook_z (B,T,H,E), hook_pattern
-                         (B,H,T,T), ...; read-only on NumPy) and returns None to keep it or a
-                         replacement of the same shape, which the rest of the forward uses:
-                         a new hook_z is what W_O reads, a new hook_pattern makes z, a new
-                         blocks.{l}.hook_resid_post is what layer l+1 reads. zero_heads and
-                         head_mask act before hook_z, patterns= before hook_pattern, z=
-                         before hook_z.
-      loss_and_grads accepts hooks that only read; one that returned a replacement is a
-      ValueError (the backward does not run through hooks).
-
     smear: the smeared key's op pair (forward, backward); None: ops.smear_forward and
     ops.smear_backward (exercise 13 trains with a student's).
+
+    forward, run_with_cache, per_token_loss and loss_and_grads take hooks={name: fn or
+    [fn, ...]}, TransformerLens-style: at each hook point of hook_names(), fn(activation,
+    name) sees the activation (read-only on NumPy) and returns None to keep it or a
+    replacement of the same shape, which the rest of the forward uses. Ablations and replays
+    are hooks too (minitransformer.interventions: ablate_heads, scale_heads, replay), and
+    the only replacements loss_and_grads accepts: it has their gradients, not a hook's.
     """
 
     def __init__(self, config, params=None, seed=0, device="cpu", dtype=np.float32, smear=None):
@@ -70,15 +53,14 @@ class Model:
 
     # ---- public API -----------------------------------------------------------------------
 
-    def forward(self, tokens, start_at_layer=None, resid_pre=None, **interventions):
-        """tokens (B,T) or (T,) int -> logits (B,T,V) as a NumPy array. interventions:
-        zero_heads, head_mask, patterns, hooks (see the class); start_at_layer, resid_pre:
-        as per_token_loss's. No backward follows, so no cache is kept (forward_train's
-        logits, to the bit)."""
-        return to_numpy(self._forward(self.tokens(tokens), start_at_layer=start_at_layer,
-                                      resid_pre=resid_pre, keep_cache=False, **interventions)[0])
+    def forward(self, tokens, hooks=None, start_at_layer=None, resid_pre=None):
+        """tokens (B,T) or (T,) int -> logits (B,T,V) as a NumPy array. hooks: see the class;
+        start_at_layer, resid_pre: as per_token_loss's. No backward follows, so no cache is
+        kept (forward_train's logits, to the bit)."""
+        return to_numpy(self._forward(self.tokens(tokens), hooks, start_at_layer=start_at_layer,
+                                      resid_pre=resid_pre, keep_cache=False)[0])
 
-    def run_with_cache(self, tokens, **interventions):
+    def run_with_cache(self, tokens, hooks=None):
         """-> (logits (B,T,V), cache): a dict of NumPy arrays named by TransformerLens hook:
         hook_embed, hook_pos_embed, blocks.{l}.hook_resid_pre|hook_attn_out|hook_resid_mid|
         hook_mlp_out|hook_resid_post, blocks.{l}.attn.hook_q|hook_k|hook_v|hook_z (B,T,H,E),
@@ -88,12 +70,12 @@ class Model:
         hook_normalized (before w and b, as TransformerLens's): the activations as they
         flowed on, after any hook's replacement."""
         acts = {}
-        logits, _ = self.forward_train(tokens, record=acts, **interventions)
+        logits, _ = self.forward_train(tokens, hooks, record=acts)
         return to_numpy(logits), {k: to_numpy(v) for k, v in acts.items()}
 
-    def per_token_loss(self, tokens, start_at_layer=None, resid_pre=None, **interventions):
+    def per_token_loss(self, tokens, hooks=None, start_at_layer=None, resid_pre=None):
         """-> (B,T-1) NumPy: the loss of predicting tokens[:,1:] from each position.
-        interventions: as forward's. start_at_layer, resid_pre (B,T,D): run only layers
+        hooks: as forward's. start_at_layer, resid_pre (B,T,D): run only layers
         start_at_layer.. (TransformerLens's start_at_layer), from resid_pre, the residual
         stream entering that layer (its blocks.{l}.hook_resid_pre); the same numbers as the
         whole forward in which that activation was resid_pre (hooks below it are not
@@ -103,16 +85,17 @@ class Model:
         layer) to x1.9 (5-6 layers with MLPs) faster: no stored attention pattern, the MLP
         one sequence at a time, each layer's activations freed as the next is made."""
         tokens = self.tokens(tokens)
-        logits, _ = self._forward(tokens, start_at_layer=start_at_layer, resid_pre=resid_pre,
-                                  keep_cache=False, **interventions)
+        logits, _ = self._forward(tokens, hooks, start_at_layer=start_at_layer,
+                                  resid_pre=resid_pre, keep_cache=False)
         return to_numpy(ops.per_token_cross_entropy(logits, tokens))
 
-    def loss_and_grads(self, tokens, device_loss=False, threads=1, **interventions):
+    def loss_and_grads(self, tokens, hooks=None, device_loss=False, threads=1):
         """Next-token loss averaged over the B*(T-1) predictions -> (loss float, grads dict
         keyed like params, arrays on the model's device). device_loss: the loss as a 0-d
         array on the device instead, so that nothing waits for the device (the training
-        loop reads it later). hooks= may read activations; a hook that returns a
-        replacement is a ValueError (the backward ignores hooks).
+        loop reads it later). hooks: may read activations; the interventions'
+        (minitransformer.interventions) are the only replacements allowed (a ValueError for
+        another: the backward does not run through an arbitrary function).
         threads: on NumPy, split the batch across this many threads (0: every core), the
         same loss and gradients up to float rounding (minitransformer.cpu); for the
         plain loss only, and a GPU never splits it."""
@@ -122,17 +105,17 @@ class Model:
             raise ValueError(f"tokens: shape {(B, T)}; a loss needs at least one sequence of at "
                              f"least 2 tokens (each predicts the next)")
         if threads != 1 and self.xp is np:
-            if interventions:
-                raise ValueError(f"threads={threads}: splits the plain loss only; with "
-                                 f"{', '.join(interventions)} use threads=1")
+            if hooks:
+                raise ValueError(f"threads={threads}: splits the plain loss only; with hooks "
+                                 f"use threads=1")
             shards = resolve_threads(threads, B)
             if shards > 1:
                 return sharded(lambda part: self._loss_and_grads(part, device_loss), tokens,
                                shards)
-        return self._loss_and_grads(tokens, device_loss, **interventions)
+        return self._loss_and_grads(tokens, device_loss, hooks)
 
-    def _loss_and_grads(self, tokens, device_loss, **interventions):
-        logits, cache = self._forward(tokens, **interventions)
+    def _loss_and_grads(self, tokens, device_loss, hooks=None):
+        logits, cache = self._forward(tokens, hooks)
         loss, loss_cache = ops.cross_entropy_forward(logits, cache.tokens)
         grads = self.backward(ops.cross_entropy_backward(1.0, loss_cache), cache)
         return (loss if device_loss else float(loss)), grads
@@ -159,26 +142,21 @@ class Model:
                                  f"[{low:.0f}, {high:.0f}]")
         return xp.asarray(ids, dtype=np.int64)
 
-    def forward_train(self, tokens, zero_heads=None, head_mask=None, patterns=None, record=None,
-                      hooks=None, z=None):
+    def forward_train(self, tokens, hooks=None, record=None):
         """-> (logits (B,T,V) on the device, ForwardCache for backward). Every activation
         passes through its hook point: `hooks` may read or replace it, `record`, a dict, is
         filled with what flows on, under TransformerLens hook names."""
-        return self._forward(self.tokens(tokens), zero_heads, head_mask, patterns, record, hooks,
-                             z=z)
+        return self._forward(self.tokens(tokens), hooks, record)
 
-    def _forward(self, tokens, zero_heads=None, head_mask=None, patterns=None, record=None,
-                 hooks=None, start_at_layer=None, resid_pre=None, keep_cache=True, z=None):
+    def _forward(self, tokens, hooks=None, record=None, start_at_layer=None, resid_pre=None,
+                 keep_cache=True):
         """forward_train of tokens already validated and on the device (Model.tokens).
         start_at_layer, resid_pre: per_token_loss's. keep_cache=False: no backward follows;
         the cache holds no blocks, so each layer's activations are freed as the next one is
         made, and the ops take their cache-less paths (the same numbers)."""
         cfg, p, xp = self.config, self.params, self.xp
         T = tokens.shape[1]
-        masks = self._head_masks(zero_heads, head_mask)
-        patterns = patterns or {}
-        replayed_z = self._replayed_z(z, tokens.shape)
-        hook = HookPoints(self._checked_hooks(hooks, patterns, replayed_z), record)
+        hook = HookPoints(self._checked_hooks(hooks, tokens.shape), record)
         if keep_cache and start_at_layer is not None:
             raise ValueError("start_at_layer: for forward and per_token_loss only (a backward "
                              "runs through every layer)")
@@ -198,15 +176,11 @@ class Model:
             resid = hook(b + "hook_resid_pre", resid)
             x, ln1 = self._ln(resid, b + "ln1", hook)
             qk_in = x + pos if cfg.positional_embedding_type == "shortformer" else x
-            replay = patterns.get(b + "attn.hook_pattern")
             attn_out, attn = ops.attention_forward(
                 qk_in, x, *(p[b + "attn." + n] for n in
                             ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V", "W_O", "b_O")),
-                alpha=p.get(b + "attn.alpha"), head_mask=masks.get(l),
-                pattern=None if replay is None else xp.asarray(replay, dtype=self.dtype),
-                z=replayed_z.get(l),
-                hook=hook.scope(b + "attn."), smear_forward=self.smear[0],
-                keep_pattern=keep_cache)
+                alpha=p.get(b + "attn.alpha"), hook=hook.scope(b + "attn."),
+                smear_forward=self.smear[0], keep_pattern=keep_cache)
             resid = resid + hook(b + "hook_attn_out", attn_out)
             ln2 = mlp = None
             if not cfg.attn_only:
@@ -229,7 +203,8 @@ class Model:
         if cache.replaced:
             raise ValueError(f"backward: the hooks at {', '.join(cache.replaced)} replaced "
                              f"activations, and the backward does not run through hooks; only "
-                             f"hooks that return None (read-only) are allowed with gradients")
+                             f"hooks that return None (read-only) and the interventions' "
+                             f"(minitransformer.interventions) are allowed with gradients")
         cfg, p = self.config, self.params
         grads = {}
         dx, grads["unembed.W_U"], grads["unembed.b_U"] = ops.linear_backward(dlogits, cache.unembed)
@@ -246,15 +221,10 @@ class Model:
                                                             smear_backward=self.smear[1])
             for name, g in attn_grads.items():
                 grads[b + "attn." + name] = g
-            if dqk_in is not None:
+            if dqk_in is not None:   # None: a replay, the queries and keys were never made
                 dx = dx + dqk_in   # shortformer: qk_in = x + pos, so x gets the query/key grads too
                 if cfg.positional_embedding_type == "shortformer":
                     dpos = dpos + dqk_in.sum(0)
-            else:  # pattern replayed: the queries and keys were never used
-                for name in ("W_Q", "b_Q", "W_K", "b_K"):
-                    grads[b + "attn." + name] = self.xp.zeros_like(p[b + "attn." + name])
-                if b + "attn.alpha" in p:
-                    grads[b + "attn.alpha"] = self.xp.zeros_like(p[b + "attn.alpha"])
             dresid = dresid + self._ln_backward(dx, blk.ln1, b + "ln1", grads)
         grads["embed.W_E"] = ops.embed_backward(dresid, cache.embed)
         if "pos_embed.W_pos" in p:
@@ -287,48 +257,60 @@ class Model:
 
     # ---- helpers --------------------------------------------------------------------------
 
-    def _checked_hooks(self, hooks, patterns, replayed_z=()):
-        """hooks {name: fn} (or (name, fn) pairs) -> a dict; a one-line error for a name
-        that is not a hook point, or one never reached (queries, keys and scores of a layer
-        whose pattern is replayed, and its values and pattern too where z is), or an fn that
-        is not callable."""
+    def _checked_hooks(self, hooks, token_shape):
+        """hooks {name: fn or [fn, ...]} (or (name, fn) pairs) -> a dict; a one-line error for
+        a name that is not a hook point, one never reached (queries, keys and scores of a
+        layer whose pattern is replayed, and its values and pattern too where z is), an fn
+        that is not callable, or an intervention misplaced or of the wrong shape."""
         hooks = dict(hooks or {})
         names = set(self.hook_names()) if hooks else set()
-        for name, fn in hooks.items():
+        cfg = self.config
+        B, T = token_shape
+        shapes = {"hook_pattern": (B, cfg.n_heads, T, T), "hook_z": (B, T, cfg.n_heads, cfg.d_head)}
+        replayed = {}   # layer prefix -> "hook_pattern" or "hook_z"
+        for name, fns in hooks.items():
             if name not in names:
-                cfg = self.config
                 raise ValueError(f"hooks: {name!r} is not a hook point of this model "
                                  f"({cfg.n_layers} layers{', attention-only' if cfg.attn_only else ''}"
                                  f"); Model.hook_names() lists them")
-            if not callable(fn):
-                raise ValueError(f"hooks: {name}: {fn!r} is not a function fn(activation, name)")
+            fns = fns if isinstance(fns, (list, tuple)) else [fns]
+            for fn in fns:
+                if not callable(fn):
+                    raise ValueError(f"hooks: {name}: {fn!r} is not a function fn(activation, name)")
+                if isinstance(fn, HeadScale):
+                    self._check_head_scale(fn, name, B)
             layer, _, point = name.rpartition(".attn.")
-            if point in ("hook_q", "hook_k", "hook_attn_scores") and \
-                    layer + ".attn.hook_pattern" in patterns:
-                raise ValueError(f"hooks: {name} is never reached: that layer's pattern is "
-                                 f"replayed (patterns=), so no queries, keys or scores are made")
-            if point in ("hook_v", "hook_q", "hook_k", "hook_attn_scores", "hook_pattern") and \
-                    layer.startswith("blocks.") and int(layer.split(".")[1]) in replayed_z:
-                raise ValueError(f"hooks: {name} is never reached: that layer's head outputs "
-                                 f"are replayed (z=), so no values, queries, keys or pattern are made")
+            if point in shapes:
+                value, _ = engine_hooks(fns, name)
+                if value is not None:
+                    if tuple(value.shape) != shapes[point]:
+                        raise ValueError(f"hooks: {name}: the replayed activation has shape "
+                                         f"{tuple(value.shape)}, expected {shapes[point]} for "
+                                         f"these tokens")
+                    if replayed.get(layer) != "hook_z":
+                        replayed[layer] = point
+        unreached = {"hook_pattern": ("hook_q", "hook_k", "hook_attn_scores"),
+                     "hook_z": ("hook_v", "hook_q", "hook_k", "hook_attn_scores", "hook_pattern")}
+        for name in hooks:
+            layer, _, point = name.rpartition(".attn.")
+            if layer in replayed and point in unreached[replayed[layer]]:
+                raise ValueError(f"hooks: {name} is never reached: that layer's "
+                                 f"{replayed[layer]} is replayed, so it makes no "
+                                 f"{', '.join(unreached[replayed[layer]])}")
         return hooks
 
-    def _replayed_z(self, z, token_shape):
-        """z= {"blocks.{l}.attn.hook_z": (B,T,H,E)} -> {l: (B,H,T,E) on the device}; one-line
-        errors for another name or shape."""
-        cfg, replayed = self.config, {}
-        for name, value in (z or {}).items():
-            layer = name[len("blocks."):-len(".attn.hook_z")]
-            if not (name.startswith("blocks.") and name.endswith(".attn.hook_z") and layer.isdigit()
-                    and int(layer) < cfg.n_layers):
-                raise ValueError(f"z: {name!r} is not a layer's hook_z (blocks.{{l}}.attn.hook_z, "
-                                 f"l < {cfg.n_layers})")
-            expected = tuple(token_shape) + (cfg.n_heads, cfg.d_head)
-            if tuple(value.shape) != expected:
-                raise ValueError(f"z: {name} has shape {tuple(value.shape)}, expected {expected} "
-                                 f"(B,T,H,E) for these tokens")
-            replayed[int(layer)] = self.xp.asarray(value, dtype=self.dtype).swapaxes(1, 2)
-        return replayed
+    def _check_head_scale(self, scale, name, batch):
+        """One-line errors for a HeadScale off a hook_z, of a head that does not exist, or of
+        factors of another shape than (H,) or (B,H)."""
+        H = self.config.n_heads
+        if not name.endswith(".attn.hook_z"):
+            raise ValueError(f"hooks: {name}: a head scale acts on a layer's hook_z")
+        bad = [h for h in scale.zero if not 0 <= h < H]
+        if bad:
+            raise ValueError(f"hooks: {name}: head {bad[0]} does not exist in a layer of {H} heads")
+        if scale.scale is not None and np.shape(scale.scale) not in ((H,), (batch, H)):
+            raise ValueError(f"hooks: {name}: head scale of shape {np.shape(scale.scale)}, "
+                             f"expected ({H},) or ({batch}, {H})")
 
     def _start(self, start_at_layer, resid_pre, tokens):
         """-> (first layer to run, the residual stream entering it on the device, or None:
@@ -371,20 +353,3 @@ class Model:
             return dout
         dx, grads[name + ".w"], grads[name + ".b"] = ops.layernorm_backward(dout, ln_cache)
         return dx
-
-    def _head_masks(self, zero_heads, head_mask):
-        """{layer: (H,) or (B,H) multiplier} from zero_heads and head_mask."""
-        cfg = self.config
-        masks = {int(l): self.xp.asarray(m, dtype=self.dtype) for l, m in (head_mask or {}).items()}
-        for layer in masks:
-            if not 0 <= layer < cfg.n_layers:
-                raise ValueError(f"head_mask: layer {layer} does not exist in a model of "
-                                 f"{cfg.n_layers} layers")
-        for layer, head in zero_heads or ():
-            if not (0 <= layer < cfg.n_layers and 0 <= head < cfg.n_heads):
-                raise ValueError(f"zero_heads: head {layer}.{head} does not exist in a model of "
-                                 f"{cfg.n_layers} layers x {cfg.n_heads} heads")
-            mask = masks.get(layer, self.xp.ones(cfg.n_heads, dtype=self.dtype)).copy()
-            mask[..., head] = 0.0
-            masks[layer] = mask
-        return masks

@@ -14,6 +14,7 @@ from circuits.evaluators import repeated_random_tokens
 from circuits.handmade import induction_model
 from circuits.paths import logit_path_terms, sum_terms
 from minitransformer import Model
+from minitransformer.interventions import ablate_heads, combine, replay
 
 ATTN_ONLY = dict(n_layers=2, d_model=32, n_heads=2, d_head=16, n_ctx=24, d_vocab=48, attn_only=True,
                  normalization_type=None, positional_embedding_type="shortformer")
@@ -89,12 +90,13 @@ def test_losses_are_the_models_per_token_losses_in_any_batch(tokens):
     assert result.ablations == [((1, 0),), ((0, 0), (2, 1))] and result.method == "pattern-preserving"
     assert result.clean.shape == (5, 23) and result.ablated.shape == (2, 5, 23)
     assert_allclose(result.clean, model.per_token_loss(tokens), rtol=1e-6)
-    patterns = {k: v for k, v in model.run_with_cache(tokens)[1].items() if k.endswith("hook_pattern")}
+    cache = model.run_with_cache(tokens)[1]
+    patterns = replay(cache, [k for k in cache if k.endswith("hook_pattern")])
     for heads, losses in zip(result.ablations, result.ablated):
-        assert_allclose(losses, model.per_token_loss(tokens, zero_heads=heads, patterns=patterns),
+        assert_allclose(losses, model.per_token_loss(tokens, combine(patterns, ablate_heads(heads))),
                         rtol=1e-6)
     full = ablation_losses(model, tokens, sets, method="full", batch=3)
-    assert_allclose(full.ablated[1], model.per_token_loss(tokens, zero_heads=sets[1]), rtol=1e-6)
+    assert_allclose(full.ablated[1], model.per_token_loss(tokens, ablate_heads(sets[1])), rtol=1e-6)
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])

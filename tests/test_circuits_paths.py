@@ -6,6 +6,7 @@ from hypothesis import given, strategies as st
 from numpy.testing import assert_allclose
 
 from minitransformer import Model
+from minitransformer.interventions import ablate_heads, combine, replay, scale_heads
 from circuits.paths import attention_score_terms, logit_path_terms, path_name, sum_terms
 from circuits.weights import qk_circuit
 
@@ -73,7 +74,8 @@ def test_leaving_a_head_out_is_the_pattern_preserving_ablation(case, data):
     model, tokens = case
     head = (data.draw(st.integers(0, model.config.n_layers - 1)),
             data.draw(st.integers(0, model.config.n_heads - 1)))
-    ablated = model.forward(tokens, zero_heads=[head], patterns=own_patterns(model, tokens))
+    patterns = own_patterns(model, tokens)
+    ablated = model.forward(tokens, combine(replay(patterns, list(patterns)), ablate_heads([head])))
     assert_allclose(sum_terms(logit_path_terms(model, tokens), without=[head]), ablated,
                     rtol=1e-10, atol=1e-10)
 
@@ -89,8 +91,9 @@ def test_scaling_a_head_moves_the_logits_by_its_path_terms(case, data):
     eps = 1e-4
     mask = np.ones(cfg.n_heads)
     mask[head] += eps
-    change = (model.forward(tokens, head_mask={layer: mask}, patterns=frozen)
-              - model.forward(tokens, patterns=frozen)) / eps
+    replayed = replay(frozen, list(frozen))
+    change = (model.forward(tokens, combine(replayed, scale_heads({layer: mask})))
+              - model.forward(tokens, replayed)) / eps
     terms = logit_path_terms(model, tokens, patterns=frozen)
     through = sum(x for path, x in terms.items() if (layer, head) in path)
     assert_allclose(change, through, rtol=1e-6, atol=1e-6 * (1 + np.abs(through).max()))
@@ -111,7 +114,8 @@ def test_scaling_an_earlier_head_moves_the_scores_by_its_composition_terms(case,
     def scores(scale):
         mask = np.ones(cfg.n_heads)
         mask[k[1]] = scale
-        _, cache = model.run_with_cache(tokens, head_mask={layer: mask}, patterns=frozen)
+        _, cache = model.run_with_cache(tokens, combine(replay(frozen, list(frozen)),
+                                                        scale_heads({layer: mask})))
         return cache[f"blocks.{layer + 1}.attn.hook_attn_scores"]
     keep = causal(tokens.shape[1])
     change = (scores(1 + eps)[..., keep] - scores(1 - eps)[..., keep]) / (2 * eps)   # masked: -inf
@@ -140,11 +144,11 @@ def test_a_key_side_perturbation_moves_scores_by_the_qk_bilinear_term(case, data
     def scores(sign):
         W_pos[...] = original
         W_pos[j] += sign * eps * direction
-        _, cache = model.run_with_cache(tokens, patterns=frozen)
+        _, cache = model.run_with_cache(tokens, replay(frozen, list(frozen)))
         return cache["blocks.1.attn.hook_attn_scores"][:, :, j + 1:, j]          # (B,H,T-j-1)
     change = (scores(+1) - scores(-1)) / (2 * eps)
     W_pos[...] = original
-    _, cache = model.run_with_cache(tokens, patterns=frozen)
+    _, cache = model.run_with_cache(tokens, replay(frozen, list(frozen)))
     query_input = cache["blocks.1.hook_resid_pre"] + original[:T]                  # (B,T,D)
     W_QK = qk_circuit(model, 1)                                                    # (H,D,D)
     bilinear = np.einsum("btd,hd->bht", query_input, (W_QK @ direction[:, None]).AB[..., 0])

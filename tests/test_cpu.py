@@ -13,6 +13,7 @@ from threadpoolctl import threadpool_info
 from minitransformer import Model
 from minitransformer.cpu import blas_threads, resolve_threads, shard_slices
 from minitransformer.presets import TrainConfig
+from minitransformer.interventions import ablate_heads
 
 CONFIG = dict(n_layers=2, d_model=16, n_heads=2, d_head=8, n_ctx=12, d_vocab=29,
               positional_embedding_type="shortformer", attn_only=False, d_mlp=32)
@@ -62,8 +63,8 @@ def test_split_batch_is_the_same_to_the_bit_every_time_and_not_the_one_call_in_f
 def test_split_batch_refuses_interventions_and_negative_counts():
     model = Model(CONFIG, seed=0)
     tokens = np.zeros((4, 12), dtype=np.int64)
-    with pytest.raises(ValueError, match="threads=2: splits the plain loss only; with zero_heads"):
-        model.loss_and_grads(tokens, threads=2, zero_heads=[(0, 1)])
+    with pytest.raises(ValueError, match="threads=2: splits the plain loss only; with hooks"):
+        model.loss_and_grads(tokens, ablate_heads([(0, 1)]), threads=2)
     with pytest.raises(ValueError, match="threads: expected 0"):
         model.loss_and_grads(tokens, threads=-1)
     with pytest.raises(ValueError, match="threads: invalid value -2"):

@@ -1,12 +1,13 @@
 """Forward hooks, TransformerLens-style: every hook point shows its activation in
 TransformerLens's shape, a replacement changes the rest of the forward (and only through
-that hook point), zeroing a head through hook_z is zero_heads, replaying patterns through
-hook_pattern is patterns=, and the backward refuses a forward that a hook changed."""
+that hook point), zeroing a head through hook_z is interventions.ablate_heads, replaying patterns through
+hook_pattern is interventions.replay, and the backward refuses a forward that a hook changed."""
 import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
 from minitransformer import Model
+from minitransformer.interventions import ablate_heads, combine, replay
 
 CONFIGS = {"attn-only": dict(n_layers=2, attn_only=True),
            "mlp, smeared, standard positions": dict(n_layers=2, attn_only=False, smeared_key=True,
@@ -54,33 +55,33 @@ def test_a_hook_sees_what_the_cache_records_in_transformerlens_shapes(model):
     assert seen["blocks.1.attn.hook_result"].shape == (B, T, H, D)
 
 
-def test_zeroing_a_head_through_hook_z_is_zero_heads(model):
+def test_zeroing_a_head_through_hook_z_is_ablate_heads(model):
     def zero_head(z, name):                 # z (B,T,H,E)
         z = z.copy()
         z[:, :, 1] = 0.0
         return z
     x = tokens()
     hooked = model.forward(x, hooks={"blocks.0.attn.hook_z": zero_head})
-    assert_array_equal(hooked, model.forward(x, zero_heads=[(0, 1)]))
+    assert_array_equal(hooked, model.forward(x, hooks=ablate_heads([(0, 1)])))
     assert np.abs(hooked - model.forward(x)).max() > 1e-3      # the head mattered
 
 
-def test_zeroing_a_head_through_hook_result_is_zero_heads(model):
+def test_zeroing_a_head_through_hook_result_is_ablate_heads(model):
     def zero_head(result, name):            # result (B,T,H,D)
         result = result.copy()
         result[:, :, 0] = 0.0
         return result
     x = tokens()
     assert_allclose(model.forward(x, hooks={"blocks.1.attn.hook_result": zero_head}),
-                    model.forward(x, zero_heads=[(1, 0)]), rtol=0, atol=1e-12)
+                    model.forward(x, hooks=ablate_heads([(1, 0)])), rtol=0, atol=1e-12)
 
 
-def test_replaying_patterns_through_hook_pattern_is_patterns(model):
+def test_replaying_patterns_through_hook_pattern_is_replay(model):
     _, other = model.run_with_cache(tokens(seed=1))
     patterns = {k: v for k, v in other.items() if k.endswith("hook_pattern")}
     x = tokens(seed=2)
     hooked = model.forward(x, hooks={k: lambda a, name: patterns[name] for k in patterns})
-    assert_array_equal(hooked, model.forward(x, patterns=patterns))
+    assert_array_equal(hooked, model.forward(x, hooks=replay(patterns, list(patterns))))
     assert np.abs(hooked - model.forward(x)).max() > 1e-3      # another run's patterns
 
 
@@ -90,7 +91,7 @@ def test_replacing_the_scores_is_replaying_the_patterns_they_make(model):
     hooks = {f"blocks.{l}.attn.hook_attn_scores": lambda a, name: other[name] for l in (0, 1)}
     patterns = {f"blocks.{l}.attn.hook_pattern": other[f"blocks.{l}.attn.hook_pattern"]
                 for l in (0, 1)}
-    assert_allclose(model.forward(x, hooks=hooks), model.forward(x, patterns=patterns),
+    assert_allclose(model.forward(x, hooks=hooks), model.forward(x, hooks=replay(patterns, list(patterns))),
                     rtol=0, atol=1e-12)
 
 
@@ -132,7 +133,7 @@ def test_hooks_and_per_token_loss_and_reading_hooks_with_gradients(model):
     x = tokens()
     zero = {"blocks.0.attn.hook_z": lambda z, name: np.zeros_like(z)}
     assert_allclose(model.per_token_loss(x, hooks=zero),
-                    model.per_token_loss(x, zero_heads=[(0, 0), (0, 1)]), atol=1e-12)
+                    model.per_token_loss(x, hooks=ablate_heads([(0, 0), (0, 1)])), atol=1e-12)
     seen = []
     loss, grads = model.loss_and_grads(x, hooks={"blocks.1.hook_resid_post":
                                                  lambda a, name: seen.append(name)})
@@ -174,8 +175,8 @@ def test_queries_of_a_replayed_layer_are_never_reached():
     model = model_of(CONFIGS["attn-only"])
     _, cache = model.run_with_cache(tokens())
     with pytest.raises(ValueError, match=r"blocks\.1\.attn\.hook_q is never reached"):
-        model.forward(tokens(), patterns={"blocks.1.attn.hook_pattern": cache["blocks.1.attn.hook_pattern"]},
-                      hooks={"blocks.1.attn.hook_q": lambda a, name: None})
+        model.forward(tokens(), hooks=combine(replay(cache, ["blocks.1.attn.hook_pattern"]),
+                                              {"blocks.1.attn.hook_q": lambda a, name: None}))
 
 
 def test_the_smeared_key_op_pair_is_the_models_to_choose():

@@ -4,6 +4,7 @@ import pytest
 from hypothesis import given, strategies as st
 
 from minitransformer import Model, ModelConfig
+from minitransformer.interventions import ablate_heads, combine, replay, scale_heads
 
 seeds = st.integers(0, 2**31)
 
@@ -41,7 +42,7 @@ def test_zeroing_every_head_leaves_the_direct_path(seed, norm, pos):
         resid = centred / np.sqrt((centred ** 2).mean(-1, keepdims=True) + 1e-5)
         resid = resid * p["ln_final.w"] + p["ln_final.b"]
     direct = resid @ p["unembed.W_U"] + p["unembed.b_U"]
-    np.testing.assert_allclose(model.forward(tokens, zero_heads=every), direct, rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(model.forward(tokens, hooks=ablate_heads(every)), direct, rtol=1e-10, atol=1e-12)
     assert not np.allclose(model.forward(tokens), direct)
 
 
@@ -50,8 +51,8 @@ def test_replaying_own_patterns_reproduces_logits(seed, smeared):
     model = random_model(seed, smeared_key=smeared)
     tokens = np.random.default_rng(seed).integers(0, 13, (2, 12))
     logits, cache = model.run_with_cache(tokens)
-    patterns = {k: v for k, v in cache.items() if k.endswith("hook_pattern")}
-    np.testing.assert_allclose(model.forward(tokens, patterns=patterns), logits, rtol=1e-12, atol=1e-12)
+    patterns = replay(cache, [k for k in cache if k.endswith("hook_pattern")])
+    np.testing.assert_allclose(model.forward(tokens, hooks=patterns), logits, rtol=1e-12, atol=1e-12)
 
 
 @given(seed=seeds)
@@ -60,9 +61,9 @@ def test_pattern_preserving_differs_from_full_ablation_upstream(seed):
     model = random_model(seed, attn_only=True)
     tokens = np.random.default_rng(seed).integers(0, 13, (2, 12))
     _, clean = model.run_with_cache(tokens)
-    patterns = {k: v for k, v in clean.items() if k.endswith("hook_pattern")}
-    _, full = model.run_with_cache(tokens, zero_heads=[(0, 0)])
-    _, kept = model.run_with_cache(tokens, zero_heads=[(0, 0)], patterns=patterns)
+    patterns = replay(clean, [k for k in clean if k.endswith("hook_pattern")])
+    _, full = model.run_with_cache(tokens, hooks=ablate_heads([(0, 0)]))
+    _, kept = model.run_with_cache(tokens, hooks=combine(patterns, ablate_heads([(0, 0)])))
     key = "blocks.1.attn.hook_pattern"
     assert not np.allclose(full[key], clean[key])
     np.testing.assert_array_equal(kept[key], clean[key])
@@ -86,14 +87,14 @@ def test_cache_names_and_shapes():
                                    cache[f"blocks.{l}.hook_resid_mid"] + cache[f"blocks.{l}.hook_mlp_out"])
 
 
-def test_head_mask_per_batch_row_equals_separate_ablations():
+def test_head_scale_per_batch_row_equals_separate_ablations():
     """A (B,H) mask ablates a different head in each row: one batched call = H separate ones."""
     model = random_model(3, attn_only=True)
     tokens = np.random.default_rng(3).integers(0, 13, (1, 12))
     H = model.config.n_heads
-    batched = model.forward(np.repeat(tokens, H, 0), head_mask={0: 1 - np.eye(H)})
+    batched = model.forward(np.repeat(tokens, H, 0), hooks=scale_heads({0: 1 - np.eye(H)}))
     for h in range(H):
-        np.testing.assert_allclose(batched[h], model.forward(tokens, zero_heads=[(0, h)])[0], atol=1e-12)
+        np.testing.assert_allclose(batched[h], model.forward(tokens, hooks=ablate_heads([(0, h)]))[0], atol=1e-12)
 
 
 def test_same_seed_same_model_and_float32_default():

@@ -1,7 +1,7 @@
 """The forwards no backward follows (Model.forward, Model.per_token_loss) take cache-less
 paths: the blocked attention core without the (B,H,T,T) pattern, the MLP one sequence at a
 time, the loss without its probabilities, optionally only the layers from start_at_layer on
-and with a layer's head outputs replayed (z=). Each is tested here to give the numbers of
+and with a layer's head outputs replayed (interventions.replay of hook_z). Each is tested here to give the numbers of
 the readable path (forward_train and the training loss's log-softmax) to the bit, in float32
 as the measurements run and in float64, so cached measurements stay valid."""
 import numpy as np
@@ -10,6 +10,7 @@ from hypothesis import given, strategies as st
 from numpy.testing import assert_array_equal
 
 from minitransformer import Model, ops
+from minitransformer.interventions import HeadScale, Replay, ablate_heads, combine, replay, scale_heads
 from minitransformer.ops.attention import attend_forward, attend_forward_blocked
 from minitransformer.ops.loss import _log_softmax_at_targets
 
@@ -34,63 +35,67 @@ def tokens(seed=0, B=5, T=40):
     return np.random.default_rng(seed).integers(0, 50, (B, T))
 
 
-def readable_losses(model, x, **interventions):
+def readable_losses(model, x, hooks=None):
     """The training loss's per-token losses of forward_train's logits: the readable path."""
-    logits, cache = model.forward_train(x, **interventions)
+    logits, cache = model.forward_train(x, hooks)
     return _log_softmax_at_targets(logits, cache.tokens)[0]
 
 
 def interventions_of(model, x):
     _, cache = model.run_with_cache(tokens(seed=9))
-    patterns = {k: v for k, v in cache.items() if k.endswith("hook_pattern")}
-    return {"none": {}, "zero_heads": dict(zero_heads=[(0, 1), (2, 3)]),
-            "head_mask (B,H)": dict(head_mask={1: np.random.default_rng(0).random((len(x), 4))}),
-            "pattern-preserving": dict(zero_heads=[(1, 2)], patterns=patterns)}
+    patterns = replay(cache, [k for k in cache if k.endswith("hook_pattern")])
+    return {"none": {}, "ablate_heads": ablate_heads([(0, 1), (2, 3)]),
+            "scale_heads (B,H)": scale_heads({1: np.random.default_rng(0).random((len(x), 4))}),
+            "pattern-preserving": combine(patterns, ablate_heads([(1, 2)]))}
 
 
 def test_forward_and_per_token_loss_are_the_readable_numbers_to_the_bit(model):
     x = tokens()
-    for name, kwargs in interventions_of(model, x).items():
-        assert_array_equal(model.per_token_loss(x, **kwargs), readable_losses(model, x, **kwargs),
+    for name, hooks in interventions_of(model, x).items():
+        assert_array_equal(model.per_token_loss(x, hooks), readable_losses(model, x, hooks),
                            err_msg=name)
-        assert_array_equal(model.forward(x, **kwargs), model.forward_train(x, **kwargs)[0],
+        assert_array_equal(model.forward(x, hooks), model.forward_train(x, hooks)[0],
                            err_msg=name)
 
 
 def test_starting_at_a_layer_from_its_residual_stream_is_the_whole_forward(model):
     x = tokens()
-    for name, kwargs in interventions_of(model, x).items():   # the residual stream of the
-        _, cache = model.run_with_cache(x, **kwargs)
-        whole = model.per_token_loss(x, **kwargs)              # same interventions
+    for name, hooks in interventions_of(model, x).items():   # the residual stream of the
+        _, cache = model.run_with_cache(x, hooks)
+        whole = model.per_token_loss(x, hooks)                 # same interventions
         for layer in range(model.config.n_layers + 1):
             resid = cache[f"blocks.{layer}.hook_resid_pre"] if layer < model.config.n_layers else \
                 cache[f"blocks.{layer - 1}.hook_resid_post"]
-            assert_array_equal(model.per_token_loss(x, start_at_layer=layer, resid_pre=resid,
-                                                    **kwargs), whole, err_msg=f"{name}, {layer}")
-        assert_array_equal(model.forward(x, start_at_layer=2, resid_pre=cache["blocks.2.hook_resid_pre"],
-                                         **kwargs), model.forward(x, **kwargs), err_msg=name)
+            assert_array_equal(model.per_token_loss(x, hooks, start_at_layer=layer, resid_pre=resid),
+                               whole, err_msg=f"{name}, {layer}")
+        assert_array_equal(model.forward(x, hooks, start_at_layer=2,
+                                         resid_pre=cache["blocks.2.hook_resid_pre"]),
+                           model.forward(x, hooks), err_msg=name)
 
 
 def test_replaying_a_layers_head_outputs_is_recomputing_them(model):
-    """z= in the layer of a pattern-preserving ablation, from a forward with the patterns
-    replayed and no ablation: what circuits.ablation's reuse does."""
+    """A replayed hook_z in the layer of a pattern-preserving ablation, from a forward with
+    the patterns replayed and no ablation: what circuits.ablation's reuse does."""
     x = tokens()
-    patterns = interventions_of(model, x)["pattern-preserving"]["patterns"]
-    _, replayed = model.run_with_cache(x, patterns=patterns)
+    _, cache = model.run_with_cache(tokens(seed=9))
+    names = [k for k in cache if k.endswith("hook_pattern")]
+    _, replayed = model.run_with_cache(x, replay(cache, names))
     for layer in range(model.config.n_layers):
-        z = {f"blocks.{layer}.attn.hook_z": replayed[f"blocks.{layer}.attn.hook_z"]}
-        ablate = dict(zero_heads=[(layer, 1)], patterns=patterns)
-        assert_array_equal(model.per_token_loss(x, z=z, **ablate), model.per_token_loss(x, **ablate))
-        assert_array_equal(model.per_token_loss(x, z=z, start_at_layer=layer, **ablate,
+        ablate = combine(replay(cache, names), ablate_heads([(layer, 1)]))
+        others = [n for n in names if n != f"blocks.{layer}.attn.hook_pattern"]   # z replaces it
+        z = combine(replay(cache, others), replay(replayed, [f"blocks.{layer}.attn.hook_z"]),
+                    ablate_heads([(layer, 1)]))
+        assert_array_equal(model.per_token_loss(x, z), model.per_token_loss(x, ablate))
+        assert_array_equal(model.per_token_loss(x, z, start_at_layer=layer,
                                                 resid_pre=replayed[f"blocks.{layer}.hook_resid_pre"]),
-                           model.per_token_loss(x, **ablate))
+                           model.per_token_loss(x, ablate))
 
 
 def test_a_replayed_layer_passes_no_gradient_to_its_inputs():
     model = Model(dict(BASE, **CONFIGS["mlp, LayerNorm, gelu"]), seed=1, dtype=np.float64)
     x = tokens()
     _, cache = model.run_with_cache(x)
-    loss, grads = model.loss_and_grads(x, z={"blocks.1.attn.hook_z": cache["blocks.1.attn.hook_z"]})
+    loss, grads = model.loss_and_grads(x, replay(cache, ["blocks.1.attn.hook_z"]))
     assert loss == pytest.approx(model.loss_and_grads(x)[0], rel=1e-12)
     for name in ("W_Q", "b_Q", "W_K", "b_K", "W_V", "b_V"):
         assert not grads[f"blocks.1.attn.{name}"].any(), name
@@ -131,19 +136,24 @@ def test_the_blocked_core_without_its_pattern_makes_the_same_z(seed, B, T):
     (dict(start_at_layer=1), r"resid_pre: start_at_layer=1 needs .* shape \(5, 40, 32\) .*; got none"),
     (dict(start_at_layer=1, resid_pre=np.zeros((5, 39, 32))), r"got shape \(5, 39, 32\)"),
     (dict(resid_pre=np.zeros((5, 40, 32))), r"resid_pre: given without start_at_layer"),
-    (dict(z={"blocks.3.attn.hook_z": np.zeros((5, 40, 4, 8))}), r"z: 'blocks\.3\.attn\.hook_z' is not"),
-    (dict(z={"blocks.0.attn.hook_pattern": np.zeros((5, 4, 40, 40))}), r"is not a layer's hook_z"),
-    (dict(z={"blocks.0.attn.hook_z": np.zeros((5, 4, 40, 8))}), r"expected \(5, 40, 4, 8\) \(B,T,H,E\)"),
-    (dict(z={"blocks.1.attn.hook_z": np.zeros((5, 40, 4, 8))},
-          hooks={"blocks.1.attn.hook_v": lambda a, name: None}), r"blocks\.1\.attn\.hook_v is never reached"),
+    (dict(hooks={"blocks.3.attn.hook_z": Replay(np.zeros((5, 40, 4, 8)))}),
+     r"hooks: 'blocks\.3\.attn\.hook_z' is not a hook point"),
+    (dict(hooks={"blocks.0.attn.hook_pattern": Replay(np.zeros((5, 4, 40, 39)))}),
+     r"blocks\.0\.attn\.hook_pattern: the replayed activation has shape \(5, 4, 40, 39\), expected \(5, 4, 40, 40\)"),
+    (dict(hooks={"blocks.0.attn.hook_z": Replay(np.zeros((5, 4, 40, 8)))}), r"expected \(5, 40, 4, 8\) for these tokens"),
+    (dict(hooks={"blocks.1.attn.hook_z": Replay(np.zeros((5, 40, 4, 8))),
+                 "blocks.1.attn.hook_v": lambda a, name: None}), r"blocks\.1\.attn\.hook_v is never reached"),
+    (dict(hooks={"blocks.1.attn.hook_z": [HeadScale(zero=[1]), Replay(np.zeros((5, 40, 4, 8)))]}),
+     r"Replay\(shape \(5, 40, 4, 8\)\) must come first"),
+    (dict(hooks={"blocks.1.hook_resid_pre": HeadScale(zero=[1])}), r"a head scale acts on a layer's hook_z"),
+    (dict(hooks=scale_heads({0: np.ones(3)})), r"head scale of shape \(3,\), expected \(4,\) or \(5, 4\)"),
+    (dict(hooks=ablate_heads([(1, 4)])), r"hooks: blocks\.1\.attn\.hook_z: head 4 does not exist in a layer of 4 heads"),
 ])
 def test_bad_starts_and_replays_are_one_line_errors(kwargs, message):
     model = Model(dict(BASE, **CONFIGS["mlp, LayerNorm, gelu"]), seed=1)
     with pytest.raises(ValueError, match=message) as error:
         model.per_token_loss(tokens(), **kwargs)
     assert "\n" not in str(error.value)
-    with pytest.raises(ValueError, match="start_at_layer: for forward and per_token_loss only"):
-        model.loss_and_grads(tokens(), start_at_layer=1, resid_pre=np.zeros((5, 40, 32)))
 
 
 def test_the_measurement_benchmark_compares_paths_with_the_same_bits(tmp_path, capsys):

@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from minitransformer import Model
+from minitransformer.interventions import ablate_heads, combine, replay
 from gradcheck import assert_grad_close, numerical_grad
 
 COMBOS = list(itertools.product((1, 2), (True, False), ("LN", None),
@@ -57,16 +58,15 @@ def test_loss_gradient_matches_finite_differences(seed, smeared):
 @settings(max_examples=EXAMPLES)
 @given(seed=st.integers(0, 2**31))
 def test_gradient_through_interventions(seed):
-    """zero_heads and replayed patterns are part of the graph too: ablated heads get no
+    """Ablated heads and replayed patterns (interventions) are part of the graph too: ablated heads get no
     gradient into W_O, replayed layers none into W_Q/W_K."""
     model = tiny_model(2, True, None, "shortformer", False, seed)
     rng = np.random.default_rng(seed)
     tokens, dlogits = rng.integers(0, 5, (2, 5)), rng.uniform(-1, 1, (2, 5, 5))
     _, recorded = model.run_with_cache(rng.integers(0, 5, (2, 5)))
-    kw = dict(zero_heads=[(0, 1)],
-              patterns={"blocks.1.attn.hook_pattern": recorded["blocks.1.attn.hook_pattern"]})
-    grads = model.backward(dlogits, model.forward_train(tokens, **kw)[1])
+    hooks = combine(ablate_heads([(0, 1)]), replay(recorded, ["blocks.1.attn.hook_pattern"]))
+    grads = model.backward(dlogits, model.forward_train(tokens, hooks)[1])
     assert np.all(grads["blocks.0.attn.W_O"][1] == 0) and np.all(grads["blocks.1.attn.W_Q"] == 0)
     for name, param in model.params.items():
-        numeric = numerical_grad(lambda: model.forward_train(tokens, **kw)[0], param, dlogits)
+        numeric = numerical_grad(lambda: model.forward_train(tokens, hooks)[0], param, dlogits)
         assert_grad_close(grads[name], numeric, name)

@@ -6,6 +6,8 @@ import numpy as np
 from hypothesis import assume, given, strategies as st
 
 from minitransformer import ops
+from minitransformer.hooks import HookPoints
+from minitransformer.interventions import HeadScale, Replay
 from gradcheck import assert_grad_close, numerical_grad
 
 seeds = st.integers(0, 2**32 - 1)
@@ -94,7 +96,8 @@ def test_smear_backward(seed, B, H, T, E):
     assert_grad_close(dalpha, numerical_grad(f, alpha, dout), "dalpha")
 
 
-attention_options = st.sampled_from(["plain", "smeared", "masked", "batch-masked", "replayed"])
+attention_options = st.sampled_from(["plain", "smeared", "masked", "batch-masked", "replayed",
+                                     "z replayed"])
 
 
 @given(seed=seeds, option=attention_options, B=small, T=st.integers(1, 5), H=st.integers(1, 3),
@@ -105,15 +108,16 @@ def test_attention_backward(seed, option, B, T, H, E, D):
     w = dict(W_Q=rand(rng, H, D, E), b_Q=rand(rng, H, E), W_K=rand(rng, H, D, E),
              b_K=rand(rng, H, E), W_V=rand(rng, H, D, E), b_V=rand(rng, H, E),
              W_O=rand(rng, H, E, D), b_O=rand(rng, D))
-    extra = {"smeared": dict(alpha=rand(rng, H, scale=2)),
-             "masked": dict(head_mask=rng.integers(0, 2, H).astype(float)),
-             "batch-masked": dict(head_mask=rand(rng, B, H)),
-             "replayed": dict(pattern=ops.softmax_forward(rand(rng, B, H, T, T, scale=2))),
-             "plain": {}}[option]
+    hooks = {"masked": {"hook_z": HeadScale(rng.integers(0, 2, H).astype(float))},
+             "batch-masked": {"hook_z": HeadScale(rand(rng, B, H))},
+             "replayed": {"hook_pattern": Replay(ops.softmax_forward(rand(rng, B, H, T, T, scale=2)))},
+             "z replayed": {"hook_z": [Replay(rand(rng, B, T, H, E)), HeadScale(rand(rng, H))]}}
+    extra = dict(alpha=rand(rng, H, scale=2)) if option == "smeared" else \
+        dict(hook=HookPoints(hooks.get(option, {})))
     f = lambda: ops.attention_forward(qk_in, v_in, **w, **extra)[0]
     dqk, dv, grads = ops.attention_backward(dout, ops.attention_forward(qk_in, v_in, **w, **extra)[1])
     assert_grad_close(dv, numerical_grad(f, v_in, dout), "dv_input")
-    if option == "replayed":
+    if option in ("replayed", "z replayed"):
         assert dqk is None
         assert np.allclose(numerical_grad(f, qk_in, dout), 0)
     else:

@@ -15,6 +15,7 @@ from circuits.handmade import induction_model
 from circuits.patching import (induction_pairs, logit_diff_metric, loss_metric, main, normalise,
                                patch_head_out, patch_hook, patch_resid)
 from minitransformer import Model
+from minitransformer.interventions import ablate_heads, combine, replay
 
 from handmade_run import write_handmade_run  # noqa: E402
 
@@ -121,15 +122,15 @@ def test_patching_a_zeroed_heads_output_is_the_ablation(random_model, method):
     model = random_model
     tokens = np.random.default_rng(0).integers(0, 20, (3, 12))
     _, own = model.run_with_cache(tokens)
-    patterns = ({k: v for k, v in own.items() if k.endswith("hook_pattern")}
-                if method == "pattern-preserving" else None)
+    patterns = (replay(own, [k for k in own if k.endswith("hook_pattern")])
+                if method == "pattern-preserving" else {})
     for layer, head in [(0, 0), (0, 1), (1, 0), (1, 1)]:
-        _, zeroed = model.run_with_cache(tokens, zero_heads=[(layer, head)], patterns=patterns)
+        _, zeroed = model.run_with_cache(tokens, combine(patterns, ablate_heads([(layer, head)])))
         hooks = patch_hook(zeroed, f"blocks.{layer}.attn.hook_z", (slice(None), slice(None), head))
         _, ablated = ablation_logits(model, tokens, [(layer, head)], method=method)
-        assert_array_equal(model.forward(tokens, hooks=hooks, patterns=patterns), ablated[0])
+        assert_array_equal(model.forward(tokens, hooks=combine(patterns, hooks)), ablated[0])
         metric = logit_diff_metric(-1, tokens[:, 0], tokens[:, 1])
-        table = patch_head_out(model, tokens, zeroed, metric, patterns=patterns)
+        table = patch_head_out(model, tokens, zeroed, metric, hooks=patterns)
         assert table[layer, head] == metric(ablated[0])
     # and the two kinds differ where a later layer's pattern reads the ablated head
     full = ablation_logits(model, tokens, [(0, 0)], method="full")[1][0]

@@ -12,6 +12,7 @@ from experiments import sweep
 from minitransformer.presets import preset
 from minitransformer.runs import Run, read_npz, save_npz
 from minitransformer.train import main, train
+from minitransformer.interventions import scale_heads
 
 TINY = preset("tiny")
 FLAGS = ["--preset", "tiny", "--quiet"]
@@ -172,8 +173,8 @@ def test_the_python_api_answers_with_one_line_value_errors():
                 dict(params, **{"embed.W_E": model.params["embed.W_E"] * 1j})):
         with pytest.raises(ValueError, match="params"):
             Model(TINY[0], params=bad)
-    with pytest.raises(ValueError, match="head_mask: layer 5 does not exist"):
-        model.forward(np.zeros((1, 4), dtype=np.int64), head_mask={5: np.zeros(2)})
+    with pytest.raises(ValueError, match=r"hooks: 'blocks\.5\.attn\.hook_z' is not a hook point"):
+        model.forward(np.zeros((1, 4), dtype=np.int64), hooks=scale_heads({5: np.zeros(2)}))
 
 
 def test_the_first_progress_line_has_no_loss_yet():

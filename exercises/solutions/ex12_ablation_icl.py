@@ -23,8 +23,8 @@ What to compute:
 Shapes: losses (N, T-1) -> float. pattern_preserving_losses -> (N, T-1).
         icl_change -> (n_layers, n_heads).
 
-model.per_token_loss(tokens, zero_heads=[(layer, head)]) runs the model with a head
-zeroed: a full ablation, every later pattern recomputed. Compare it with yours on head 0.0
+model.per_token_loss(tokens, hooks=ablate_heads([(layer, head)])) runs the model with a head
+zeroed (minitransformer.interventions): a full ablation, every later pattern recomputed. Compare it with yours on head 0.0
 and explain the difference (exercise 10 tells you why).
 
 Run: python -m exercises.ex12_ablation_icl    Check: make exercise N=12
@@ -34,6 +34,7 @@ import numpy as np
 
 from circuits import context_indices
 from exercises import common
+from minitransformer.interventions import ablate_heads, combine, replay
 
 
 def icl_score(losses, early, late, half_window=1):
@@ -56,13 +57,15 @@ def pattern_preserving_losses(model, tokens, layer, head):
     """-> (N, T-1) per-token losses with head (layer, head) zeroed, every pattern replayed."""
     # BEGIN SOLUTION: record the clean patterns, replay them with the head zeroed
     # Hint 1: `model.run_with_cache(tokens)` -> (logits, cache) records every pattern: the
-    #   cache entries whose names end in "hook_pattern". per_token_loss takes them back.
-    # Hint 2: `model.per_token_loss(tokens, zero_heads=[(layer, head)], patterns=patterns)`
-    #   with `patterns = {name: value for name, value in cache.items() if
-    #   name.endswith("hook_pattern")}`.
+    #   cache entries whose names end in "hook_pattern". `replay(cache, names)` turns them
+    #   into hooks that put them back; `combine` joins those with `ablate_heads`.
+    # Hint 2: `model.per_token_loss(tokens, hooks=combine(replay(cache, patterns),
+    #   ablate_heads([(layer, head)])))` with `patterns = [name for name in cache if
+    #   name.endswith("hook_pattern")]`.
     _, cache = model.run_with_cache(tokens)
-    patterns = {name: value for name, value in cache.items() if name.endswith("hook_pattern")}
-    return model.per_token_loss(tokens, zero_heads=[(layer, head)], patterns=patterns)
+    patterns = [name for name in cache if name.endswith("hook_pattern")]
+    return model.per_token_loss(tokens, hooks=combine(replay(cache, patterns),
+                                                      ablate_heads([(layer, head)])))
     # END SOLUTION
 
 
@@ -96,7 +99,7 @@ if __name__ == "__main__":
     for layer in range(model.config.n_layers):
         for head in range(model.config.n_heads):
             names.append(f"{layer}.{head}")
-            full_losses = model.per_token_loss(tokens, zero_heads=[(layer, head)])
+            full_losses = model.per_token_loss(tokens, hooks=ablate_heads([(layer, head)]))
             full.append(icl_score(full_losses, early, late) - icl_score(clean, early, late))
             print(f"head {layer}.{head}: ICL score change, pattern-preserving "
                   f"{preserving[layer, head]:+.2f}, full ablation {full[-1]:+.2f}")

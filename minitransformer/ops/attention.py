@@ -19,7 +19,11 @@ from ..backend import array_module, device_of
 from ..hooks import NO_HOOKS
 
 AttentionCache = namedtuple(
-    "AttentionCache", "qk_input v_input W_Q W_K W_V W_O q k v pattern z head_mask smear replayed")
+    "AttentionCache", "qk_input v_input W_Q W_K W_V W_O alpha q k v pattern z head_mask smear replayed")
+# What a layer does not compute when a hook replays its pattern or its heads' outputs, and so
+# gets a zero gradient from (a replayed activation is a constant).
+REPLAYED_UNUSED = {"hook_pattern": ("W_Q", "b_Q", "W_K", "b_K", "alpha"),
+                   "hook_z": ("W_Q", "b_Q", "W_K", "b_K", "alpha", "W_V", "b_V")}
 
 
 def _project(x, W, b):
@@ -97,33 +101,35 @@ def smear_backward(dsmeared, cache):
 
 
 def attention_forward(qk_input, v_input, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O,
-                      alpha=None, head_mask=None, pattern=None, hook=NO_HOOKS,
-                      smear_forward=smear_forward, keep_pattern=True, z=None):
+                      alpha=None, hook=NO_HOOKS, smear_forward=smear_forward, keep_pattern=True):
     """Causal multi-head attention.
     qk_input (B,T,D): what queries and keys read (shortformer: LN(x) + W_pos).
     v_input (B,T,D): what values read (LN(x)).
     W_Q, W_K, W_V (H,D,E); b_Q, b_K, b_V (H,E); W_O (H,E,D); b_O (D,).
     alpha (H,) or None: smeared-key logits; smear_forward: the smeared key's op (exercise 13
     passes its own).
-    head_mask (H,) or (B,H) or None: multiplies each head's output (0 ablates it).
-    pattern (B,H,T,T) or None: replay this pattern instead of computing one.
-    z (B,H,T,E) or None: replay these head outputs (before head_mask) instead of computing
-    them: no values, no pattern (cache.v and cache.pattern None); the inputs go unread.
     hook: the layer's hook points (minitransformer.hooks), shown as TransformerLens shows
     them: hook_q, hook_k (smeared), hook_v, hook_z (B,T,H,E); hook_attn_scores (masked with
     -inf), hook_pattern (B,H,T,T); hook_result (B,T,H,D). A replacement changes what follows.
+    The interventions among them (minitransformer.interventions) are done here, and skip
+    work (REPLAYED_UNUSED): a replayed hook_pattern is used instead of computing one; a
+    replayed hook_z instead of the heads' outputs; head scales multiply z before hook_z's
+    other hooks see it.
     keep_pattern=False: for a forward no backward follows, the computed pattern is not kept
     (cache.pattern None) unless a hook reads it, so the blocked core never writes the
     (B,H,T,T) array; z is the same to the bit.
     -> out (B,T,D), cache. cache.pattern (B,H,T,T) is what the evaluators read."""
     xp = array_module(qk_input)
     q = k = v = smear = None
-    replayed = pattern is not None or z is not None
-    if z is not None:   # replayed head outputs: nothing before them is made
-        pattern = None
+    z, scales = hook.engine("hook_z")
+    pattern = hook.engine("hook_pattern")[0] if z is None else None
+    replayed = "hook_z" if z is not None else "hook_pattern" if pattern is not None else None
+    if z is not None:                                            # (B,T,H,E) -> (B,H,T,E)
+        z = xp.asarray(z, dtype=v_input.dtype).swapaxes(1, 2)
     else:
         v = _hook_heads(hook, "hook_v", xp.ascontiguousarray(_project(v_input, W_V, b_V)))
         if pattern is not None:
+            pattern = xp.asarray(pattern, dtype=v_input.dtype)
             z = pattern @ v                                      # (B,H,T,E)
         else:
             q = _hook_heads(hook, "hook_q", xp.ascontiguousarray(_project(qk_input, W_Q, b_Q)))
@@ -136,11 +142,20 @@ def attention_forward(qk_input, v_input, W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O,
         hooked = hook("hook_pattern", pattern)
         if hooked is not pattern:   # a hook replaced the pattern: z follows it
             pattern, z = hooked, hooked @ v
-    mask = None if head_mask is None else _mask4(xp, head_mask, z.dtype)
+    mask = _head_mask(scales, W_O.shape[0], xp, z.dtype)        # (H,1,1) or (B,H,1,1)
     z_out = _hook_heads(hook, "hook_z", z if mask is None else z * mask)
     out = _output(z_out, W_O, b_O, hook)                         # (B,T,D)
-    return out, AttentionCache(qk_input, v_input, W_Q, W_K, W_V, W_O, q, k, v, pattern, z,
+    return out, AttentionCache(qk_input, v_input, W_Q, W_K, W_V, W_O, alpha, q, k, v, pattern, z,
                                mask, smear, replayed)
+
+
+def _head_mask(scales, n_heads, xp, dtype):
+    """The product of the head scales' factors, broadcastable on z: (...,H,1,1); or None."""
+    factors = None
+    for scale in scales:
+        f = scale.factors(n_heads, xp, dtype)
+        factors = f if factors is None else factors * f
+    return None if factors is None else factors[..., None, None]
 
 
 def _hook_heads(hook, name, x):
@@ -182,15 +197,10 @@ def _output(z, W_O, b_O, hook):
             ).reshape(B, T, D) + b_O
 
 
-def _mask4(xp, head_mask, dtype):
-    """(H,) or (B,H) -> broadcastable (…,H,1,1)."""
-    m = xp.asarray(head_mask, dtype=dtype)
-    return m[..., None, None]
-
-
 def attention_backward(dout, cache, smear_backward=smear_backward):
-    """dout (B,T,D) -> dqk_input (B,T,D) or None (pattern replayed), dv_input (B,T,D), grads:
-    dict with W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O and alpha (smeared key only).
+    """dout (B,T,D) -> dqk_input (B,T,D) or None (pattern or z replayed), dv_input (B,T,D),
+    grads: dict with W_Q, b_Q, W_K, b_K, W_V, b_V, W_O, b_O and alpha (smeared key only);
+    zeros for what a replayed layer did not use (REPLAYED_UNUSED).
     smear_backward: the backward of the forward's smear_forward."""
     c = cache
     xp = array_module(dout)
@@ -200,14 +210,18 @@ def attention_backward(dout, cache, smear_backward=smear_backward):
     z_out = c.z if c.head_mask is None else c.z * c.head_mask
     grads = {"b_O": dflat.sum(0),
              "W_O": (z_out.transpose(0, 2, 1, 3).reshape(B * T, H * E).T @ dflat).reshape(H, E, D)}
+    if c.replayed is not None:
+        shapes = {"W_Q": c.W_Q.shape, "W_K": c.W_K.shape, "W_V": c.W_V.shape, "b_Q": (H, E),
+                  "b_K": (H, E), "b_V": (H, E), "alpha": None if c.alpha is None else c.alpha.shape}
+        grads.update({n: xp.zeros(shapes[n], dtype=dout.dtype)
+                      for n in REPLAYED_UNUSED[c.replayed] if shapes[n] is not None})
+    if c.replayed == "hook_z":   # the heads' outputs were a constant: nothing flows to the inputs
+        return None, xp.zeros_like(c.v_input), grads
     dz = xp.ascontiguousarray(
         (dflat @ c.W_O.reshape(H * E, D).T).reshape(B, T, H, E).transpose(0, 2, 1, 3))
     if c.head_mask is not None:
         dz = dz * c.head_mask
-    if c.v is None:  # replayed head outputs are a constant: nothing flows to the inputs
-        grads["W_V"], grads["b_V"] = xp.zeros_like(c.W_V), xp.zeros((H, E), dtype=dout.dtype)
-        return None, xp.zeros_like(c.v_input), grads
-    if c.replayed:  # a replayed pattern is a constant: nothing flows to the queries and keys
+    if c.replayed == "hook_pattern":   # the pattern was a constant: only the values get gradients
         dv = c.pattern.swapaxes(-1, -2) @ dz                     # (B,H,T,E)
         dv_input, grads["W_V"], grads["b_V"] = _project_backward(dv, c.v_input, c.W_V)
         return None, dv_input, grads
