@@ -30,9 +30,10 @@ import numpy as np
 from minitransformer.io import cannot_write, error, output_file
 from minitransformer.runs import Run
 
-from .ablation import ablation_losses, icl_change, icl_score
+from .ablation import ablation_losses, icl_change
 from .cli import (column, format_table, head_rows, pyplot, run_parser,
                   save_figure, selected_steps, snapshots, text, value)
+from .icl import icl_score
 from .scores import CLASS_RULE
 from minitransformer.cpu import blas_threads
 

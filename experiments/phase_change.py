@@ -18,11 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits import HeadScores, ablation_losses, icl_change, repeated_random_tokens
+from circuits.icl import context_indices, icl_score
 from minitransformer.backend import add_device_argument
 from minitransformer.io import atomic_write, atomic_write_text, error, output_file
 from minitransformer.runs import Run
 
-from .losses import context_indices, icl_score, snapshot_losses
+from .losses import snapshot_losses
 from .measure import N_ABLATE
 from .table import percent, removed_share
 from .timeseries import PhaseStatistics, evaluated_steps, moving_average, phase_statistics

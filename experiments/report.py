@@ -16,12 +16,12 @@ import sys
 
 import numpy as np
 
+from circuits.icl import context_indices
 from minitransformer.backend import add_device_argument
 from minitransformer.io import atomic_write_text, cannot_write, error, output_file
 from minitransformer.runs import Run
 
 from . import attention_view, claims, figures, seeds, table
-from .losses import context_indices
 from .measure import cached_measurements, measure_run
 from .sweep import RECIPES, add_recipe_argument, default_root, finished, jobs_for
 from .timeseries import icl_curve, index_pairs

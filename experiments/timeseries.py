@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from circuits.ablation import context_indices, index_window
+from circuits.icl import context_indices, index_window
 
 MIN_FALL = 0.05       # nats: an ICL score that falls less than this has no phase change
 RATE_FRACTION = 0.25  # the window: where the ICL score falls at >= 1/4 of its steepest rate

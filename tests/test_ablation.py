@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 from numpy.testing import assert_allclose, assert_array_equal
 
+import circuits
 import experiments.losses
-from circuits import ablation
-from circuits.ablation import (ablation_logits, ablation_losses, every_head, icl_change,
-                               icl_score, loss_projection)
+from circuits import ablation, icl
+from circuits.ablation import ablation_logits, ablation_losses, every_head, icl_change, loss_projection
+from circuits.icl import icl_score
 from circuits.evaluators import repeated_random_tokens
 from circuits.handmade import induction_model
 from circuits.paths import logit_path_terms, sum_terms
@@ -135,8 +136,9 @@ def test_icl_change_and_projection_follow_from_the_losses():
 
 
 def test_one_icl_score_for_circuits_and_experiments():
-    assert experiments.losses.icl_score is icl_score
-    assert experiments.losses.context_indices is ablation.context_indices
+    assert circuits.icl_score is ablation.icl_score is icl.icl_score
+    assert circuits.context_indices is icl.context_indices
+    assert not hasattr(experiments.losses, "icl_score")        # one place to look: circuits.icl
 
 
 def test_bad_ablations_are_one_line_errors(tokens):

@@ -2,7 +2,7 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from experiments.losses import context_indices, icl_score, loss_at_index
+from circuits.icl import context_indices, icl_score, loss_at_index
 from experiments.timeseries import rise_window
 
 
