@@ -32,6 +32,8 @@ from collections import namedtuple
 
 import numpy as np
 
+from minitransformer.interventions import ablate_heads, combine, replay
+
 from .icl import icl_score
 
 METHODS = ("pattern-preserving", "full")
@@ -65,11 +67,11 @@ def _head_sets(model, ablations):
 
 def _ablated_batches(model, tokens, ablations, method, batch, output, reuse=True):
     """For each batch of `tokens`: (clean, [ablated for each head set]), as computed by
-    output(model, tokens, **interventions) ("logits" or "losses").
+    output(model, tokens, hooks, ...) ("logits" or "losses").
     reuse=False: every ablation is a whole forward (the readable version). reuse=True: an
     ablation whose lowest head is in layer l starts at layer l (start_at_layer) from what a
     forward without ablation made there, recorded once per batch: the residual stream
-    entering layer l and the layer's head outputs z (replayed, z=, so only the ablated heads
+    entering layer l and the layer's head outputs z (replayed, so only the ablated heads
     change and layer l makes no values or pattern). That forward is the clean one for
     "full"; for "pattern-preserving" it is one with every pattern replayed, since a replayed
     layer multiplies the recorded pattern and so differs from the clean forward's blocked
@@ -80,20 +82,28 @@ def _ablated_batches(model, tokens, ablations, method, batch, output, reuse=True
     lowest = {heads: min(l for l, _ in heads) for heads in ablations if heads and reuse}
     reused = [name for l in sorted(set(lowest.values()))
               for name in (f"blocks.{l}.hook_resid_pre", f"blocks.{l}.attn.hook_z")]
+    pattern_names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.config.n_layers)]
     for start in range(0, len(tokens), batch):
         chunk = tokens[start:start + batch]
-        recorded, patterns = {}, None
+        recorded, patterns = {}, {}
         if method == "full":
             clean = run(chunk, hooks=_keep(reused, recorded))
         else:   # the clean forward's own patterns, as its hooks see them: no host copies
-            patterns = {}
-            clean = run(chunk, hooks=_keep([f"blocks.{l}.attn.hook_pattern"
-                                            for l in range(model.config.n_layers)], patterns))
+            clean = run(chunk, hooks=_keep(pattern_names, patterns))
             if reused:
-                model.forward(chunk, patterns=patterns, hooks=_keep(reused, recorded))
-        ablated = [run(chunk, zero_heads=heads, patterns=patterns,
-                       **(_start_at(lowest[heads], recorded) if heads in lowest else {}))
-                   for heads in ablations]
+                model.forward(chunk, hooks=combine(replay(patterns, pattern_names),
+                                                   _keep(reused, recorded)))
+        ablated = []
+        for heads in ablations:
+            if heads in lowest:   # from the lowest ablated layer up, its z replayed
+                l = lowest[heads]
+                hooks = combine(replay(patterns, pattern_names[l + 1:] if patterns else []),
+                                replay(recorded, [f"blocks.{l}.attn.hook_z"]), ablate_heads(heads))
+                ablated.append(run(chunk, hooks, start_at_layer=l,
+                                   resid_pre=recorded[f"blocks.{l}.hook_resid_pre"]))
+            else:
+                hooks = combine(replay(patterns, list(patterns)), ablate_heads(heads))
+                ablated.append(run(chunk, hooks))
         yield clean, ablated
 
 
@@ -102,14 +112,6 @@ def _keep(names, into):
     def keep(activation, name):
         into[name] = activation
     return {name: keep for name in names}
-
-
-def _start_at(layer, recorded):
-    """The interventions that start a forward at `layer` from a forward without ablation:
-    the residual stream entering it and its heads' outputs, as _keep recorded them."""
-    z = f"blocks.{layer}.attn.hook_z"
-    return {"start_at_layer": layer, "resid_pre": recorded[f"blocks.{layer}.hook_resid_pre"],
-            "z": {z: recorded[z]}}
 
 
 def _tokens(model, tokens):

@@ -14,11 +14,11 @@ BATCH = 32   # part of the numbers: OpenBLAS rounds a (B*T, D) product different
              # (~1e-5 in a loss), and the cached losses and measurements were made with 32
 
 
-def per_token_losses(model, tokens, batch=BATCH, **interventions):
+def per_token_losses(model, tokens, batch=BATCH, hooks=None):
     """(N, T) eval tokens -> (N, T-1) float32 per-token losses, in batches. Model.per_token_loss
     keeps no cache: the numbers of the training forward, to the bit, ~2x faster for the
     deeper models (README, make reproduce)."""
-    return np.concatenate([model.per_token_loss(tokens[i:i + batch], **interventions)
+    return np.concatenate([model.per_token_loss(tokens[i:i + batch], hooks)
                            for i in range(0, len(tokens), batch)]).astype(np.float32)
 
 
