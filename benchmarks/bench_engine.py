@@ -3,7 +3,7 @@ engine beside PyTorch on the same device and thread count, reported as a ratio.
 
     python benchmarks/bench_engine.py [--device cpu|gpu] [--steps 10] [--json out.json]
 
-Reference model (issue #2): 2 layers, attention-only, d_model 128, 4 heads of 32, n_ctx 256,
+Reference model: 2 layers, attention-only, d_model 128, 4 heads of 32, n_ctx 256,
 batch 32, vocabulary 256, float32. Model FLOP utilisation (MFU) counts the matmul FLOPs of
 a step (backward = 2x forward; the attention scores counted over the full T x T, as is
 usual) against a matmul peak measured on the spot.
@@ -21,7 +21,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "tests"))
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))   # the code beside it
 from minitransformer import AdamW, Model, ModelConfig  # noqa: E402
 from minitransformer.backend import resolve_device, to_floats  # noqa: E402
-from minitransformer.cpu import blas_kernels, cpu_count  # noqa: E402
+from minitransformer.cpu import blas_kernels, cpu_count, keep_freed_memory  # noqa: E402
 from minitransformer.train import train_step  # noqa: E402
 
 REFERENCE = dict(n_layers=2, d_model=128, n_heads=4, d_head=32, n_ctx=256, d_vocab=256,
@@ -104,6 +104,7 @@ def main(argv=None):
     parser.add_argument("--steps", type=int, default=10, help="timed steps per engine (median)")
     parser.add_argument("--json", help="also write the figures to this JSON file")
     args = parser.parse_args(argv)
+    keep_freed_memory()   # as make train-2l runs (minitransformer.cpu)
     threads = int(os.environ.get("OMP_NUM_THREADS", cpu_count()))
     cfg = ModelConfig(**REFERENCE)
     tokens_per_step = BATCH * cfg.n_ctx

@@ -27,7 +27,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))   # the code beside it
 from circuits.ablation import ablation_losses  # noqa: E402
-from minitransformer.cpu import blas_threads  # noqa: E402
+from minitransformer.cpu import command_settings  # noqa: E402
 from experiments.losses import BATCH, per_token_losses  # noqa: E402
 from minitransformer import Model  # noqa: E402
 from minitransformer.ops.loss import _log_softmax_at_targets  # noqa: E402
@@ -86,7 +86,7 @@ def main(argv=None):
                                                                     cfg.n_ctx))
         name = f"{args.preset} (random weights)"
     losses, ablate = tokens[:args.n_eval], tokens[:args.n_ablate]
-    with blas_threads(1):
+    with command_settings():
         results = interleaved({
             "losses": (lambda: readable_losses(model, losses), lambda: per_token_losses(model, losses)),
             "ablations": (lambda: ablation_losses(model, ablate, reuse=False),

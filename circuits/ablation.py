@@ -18,15 +18,11 @@ Speed: the eval set goes through in batches of 16. Each batch runs once clean (i
 kept by hooks), once with every pattern replayed and nothing ablated (recording what each
 ablation reuses), and once per ablation from its lowest ablated layer up (reuse=True): the
 layers below see nothing of the ablation, and the ablated layer only redoes its output
-projection. A replayed layer skips the queries, keys and softmax, so pattern-preserving
-ablations are the cheaper kind. Every head of the trained mlp-5l (5 layers with MLPs, 4 heads
-of 32, n_ctx 256) on 128 eval sequences: 26.0 s with a whole forward per head (the start
-commit's code), 13.9 s now (x1.87; attention-only 2L, random weights, 32 sequences: x1.90),
-the same bits; medians of 5 interleaved, one BLAS thread, on the 2-core machine while a
-two-job sweep held both cores (2026-12-02; benchmarks/bench_measure.py times it again).
-Tiling the batch once per head of a layer with a (B,H) head mask, re-checked with 4 heads
-and the reuse, was slower (mlp-5l x0.92, attention-only 2L x0.85) and rounds differently
-(OpenBLAS rounds a (B*T,D) product differently for another B), so the heads loop.
+projection; the numbers are those of a whole forward per ablation (reuse=False), to the bit.
+A replayed layer skips the queries, keys and softmax, so pattern-preserving ablations are the
+cheaper kind. The heads are ablated one after another, not as one batch tiled once per head:
+OpenBLAS rounds a (B*T,D) product differently for another B, so a tiled batch would not give
+the same bits. benchmarks/bench_measure.py times both paths (docs/backends-and-speed.md).
 """
 from collections import namedtuple
 

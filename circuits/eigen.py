@@ -29,7 +29,7 @@ from minitransformer.runs import Run
 from .cli import (Column, column, format_table, head_rows, pyplot,
                   run_parser, save_figure, selected_steps, snapshots)
 from .scores import CLASS_RULE
-from minitransformer.cpu import blas_threads
+from minitransformer.cpu import command_settings
 
 FIELDS = ["step", "tokens", "layer", "head", "ov_copying_score", "qk_positivity_score",
           "prev_token_qk_trace", "prev_token_qk_trace_normalised", "k_composition_partner",
@@ -103,7 +103,7 @@ def main(argv=None):
         if args.plot:
             output_file(args.plot, "--plot")
         run = Run(args.run, args.device)
-        with blas_threads(1):   # many small products: threads only cost (minitransformer/cpu.py)
+        with command_settings():
             rows = run_rows(run, selected_steps(run, args))
     except ValueError as e:
         return error(e)

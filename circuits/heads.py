@@ -35,7 +35,7 @@ from .cli import (column, format_table, head_rows, pyplot, run_parser,
                   save_figure, selected_steps, snapshots, text, value)
 from .icl import icl_score
 from .scores import CLASS_RULE
-from minitransformer.cpu import blas_threads
+from minitransformer.cpu import command_settings
 
 FIELDS = ["step", "tokens", "layer", "head", "prefix_matching_score", "copying_score",
           "previous_token_score", "class"]
@@ -188,7 +188,7 @@ def main(argv=None):
             output_file(args.plot, "--plot")
         run = Run(args.run, args.device)
         steps = selected_steps(run, args, all_by_default=args.validate)
-        with blas_threads(1):   # small products on a busy machine: threads only cost
+        with command_settings():
             if args.validate:
                 points = validation_points(run, steps)
                 stats = correlations(points)

@@ -40,7 +40,7 @@ from minitransformer.io import atomic_write, error, os_error, output_file
 from minitransformer.runs import Run
 
 from .cli import run_parser
-from minitransformer.cpu import blas_threads
+from minitransformer.cpu import command_settings
 
 HEAD_HOOKS = ("hook_z", "hook_result")                 # (B,T,H,E), (B,T,H,D): head axis 2
 RESID_HOOKS = ("hook_resid_pre", "hook_resid_mid", "hook_resid_post")
@@ -288,7 +288,7 @@ def main(argv=None):
         model = run.model(args.step)
         pairs = min(8, len(run.eval_tokens)) if args.pairs is None else args.pairs
         clean, corrupted = induction_pairs(run.eval_tokens, pairs)
-        with blas_threads(1):   # small products on a busy machine: threads only cost
+        with command_settings():
             result = induction_patching(model, clean, corrupted, args.metric, args.query,
                                         args.head_hook, args.resid_hook)
         step = "latest weights" if args.step is None else f"step {args.step}"

@@ -37,7 +37,6 @@ from minitransformer.backend import to_numpy
 
 from .factored import FactoredMatrix
 from .layernorm import fold
-from minitransformer.cpu import blas_threads
 
 HeadWeights = namedtuple("HeadWeights", "W_Q W_K W_V W_O b_Q b_K b_V b_O W_Q_pos W_K_pos")
 
@@ -190,8 +189,7 @@ def composition_baseline(d_model, d_head, n_samples=200, seed=0):
     D, E = d_model, d_head
     first = FactoredMatrix(rng.standard_normal((n_samples, D, E)), rng.standard_normal((n_samples, E, D)))
     second = FactoredMatrix(rng.standard_normal((n_samples, D, E)), rng.standard_normal((n_samples, E, D)))
-    with blas_threads(1):   # a stack of small products: threads only cost (minitransformer/cpu.py)
-        return float(((first @ second).norm() / (first.norm() * second.norm())).mean())
+    return float(((first @ second).norm() / (first.norm() * second.norm())).mean())
 
 
 def prev_token_qk_trace(model, previous_token_scores):

@@ -56,8 +56,8 @@ def pyplot():
 
 def trained_run(n_layers=2, smeared_key=False):
     """The tiny-induction preset (2-layer attention-only, d_model 128, 2 heads, n_ctx 64,
-    repeated random segments, 800k tokens), trained once and kept in exercises/_output/runs:
-    ~30-60 s the first time on 2 cores, instant after. -> minitransformer.runs.Run."""
+    repeated random segments, 800k tokens), trained on the first call and kept in
+    exercises/_output/runs, where later calls find it. -> minitransformer.runs.Run."""
     from minitransformer.presets import preset
     from minitransformer.runs import Run, run_file
     from minitransformer.train import train

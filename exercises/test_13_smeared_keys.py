@@ -1,6 +1,6 @@
 """Exercise 13: the smeared key against the engine and finite differences; then a 1-layer
 model trained with the student's smear must grow an induction head (500k tokens under
-EXERCISE_FAST, ~12 s; the full check also trains the 1-layer control, which must not)."""
+EXERCISE_FAST; the full check also trains the 1-layer control, which must not)."""
 import numpy as np
 import pytest
 

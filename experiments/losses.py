@@ -11,13 +11,13 @@ import numpy as np
 from minitransformer.runs import read_npz, save_npz, snapshot_file
 
 BATCH = 32   # part of the numbers: OpenBLAS rounds a (B*T, D) product differently for another B
-             # (~1e-5 in a loss), and the cached losses and measurements were made with 32
+             # (~1e-5 in a loss), so the cached losses and measurements hold for 32 only
 
 
 def per_token_losses(model, tokens, batch=BATCH, hooks=None):
     """(N, T) eval tokens -> (N, T-1) float32 per-token losses, in batches. Model.per_token_loss
-    keeps no cache: the numbers of the training forward, to the bit, ~2x faster for the
-    deeper models (README, make reproduce)."""
+    keeps no cache (nothing is kept for a backward): the numbers of the training forward, to
+    the bit, in less time and memory (docs/backends-and-speed.md)."""
     return np.concatenate([model.per_token_loss(tokens[i:i + batch], hooks)
                            for i in range(0, len(tokens), batch)]).astype(np.float32)
 

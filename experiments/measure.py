@@ -8,9 +8,9 @@ themselves are cached per snapshot by experiments.losses.
 
 Speed: the per-token losses run on the cache-less Model.per_token_loss and the ablations from
 each head's own layer up (circuits.ablation, reuse=True); both give the numbers of a whole
-forward, to the bit. Every snapshot is measured on all of the eval set:
-fewer sequences at the inner snapshots moved the table's phase-change windows (README, "The
-Model Analysis Table", measured on the natural-text sweep's cached losses).
+forward, to the bit. Every snapshot is measured on all of the eval set: the phase-change
+windows are read from the ICL scores of the inner snapshots too, and fewer sequences there
+move them (docs/backends-and-speed.md).
 """
 import argparse
 import dataclasses
@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits import HeadScores, ablation_losses, icl_change, icl_score
-from minitransformer.cpu import blas_threads
+from minitransformer.cpu import command_settings
 from minitransformer.backend import add_device_argument
 from minitransformer.io import error
 from minitransformer.runs import Run, read_npz, run_file, save_npz
@@ -29,7 +29,7 @@ from minitransformer.runs import Run, read_npz, run_file, save_npz
 from .losses import snapshot_losses
 from .timeseries import evaluated_steps, icl_curve, phase_statistics
 
-VERSION = 2           # 2: the paper's copying score, ablations at the window's edges too
+VERSION = 2           # of what is measured: a cache of another version is measured again
 N_ABLATE = 128        # eval sequences the ablations run on (each head costs one forward pass)
 ABLATED_SNAPSHOTS = 10
 HEAD_SCORES = ("prefix_matching", "copying", "copying_paper", "previous_token",
@@ -143,30 +143,29 @@ def measure_run(run, log=None, force=False):
     n, t = run.eval_tokens.shape
     index = random_positions(n, t - 1)
     ctx_loss, random_loss, scores = [], [], {name: [] for name in HEAD_SCORES}
-    with blas_threads(1):
-        for i, step in enumerate(steps):
-            losses = snapshot_losses(run, step)
-            ctx_loss.append(losses.mean(0))
-            random_loss.append(losses[np.arange(n), index])
-            heads = HeadScores.of_run(run, step)
-            for name in HEAD_SCORES:
-                scores[name].append(getattr(heads, name))
-            if log and (i % 10 == 9 or i == len(steps) - 1):
-                log(f"{run.dir.name}: measured {i + 1}/{len(steps)} snapshots, {time.time() - start:.0f} s")
-        classes = heads.classes
-        n_ablate = min(N_ABLATE, n)
-        tokens = run.eval_tokens[:n_ablate]
-        ablated_steps = ablation_snapshots(steps, run.snapshot_tokens, np.stack(ctx_loss),
-                                           np.stack(scores["prefix_matching"]))
-        ab_icl, ab_random, ab_clean = [], [], []
-        rows = np.arange(n_ablate)
-        for step in ablated_steps:
-            result = ablation_losses(run.model(step), tokens)
-            ab_icl.append(icl_change(result))
-            ab_clean.append(icl_score(result.clean))
-            ab_random.append(result.ablated[:, rows, index[:n_ablate]] - result.clean[rows, index[:n_ablate]])
-        groups = group_ablations(classes)
-        grouped = ablation_losses(run.model(steps[-1]), tokens, [g for _, g in groups])
+    for i, step in enumerate(steps):
+        losses = snapshot_losses(run, step)
+        ctx_loss.append(losses.mean(0))
+        random_loss.append(losses[np.arange(n), index])
+        heads = HeadScores.of_run(run, step)
+        for name in HEAD_SCORES:
+            scores[name].append(getattr(heads, name))
+        if log and (i % 10 == 9 or i == len(steps) - 1):
+            log(f"{run.dir.name}: measured {i + 1}/{len(steps)} snapshots, {time.time() - start:.0f} s")
+    classes = heads.classes
+    n_ablate = min(N_ABLATE, n)
+    tokens = run.eval_tokens[:n_ablate]
+    ablated_steps = ablation_snapshots(steps, run.snapshot_tokens, np.stack(ctx_loss),
+                                       np.stack(scores["prefix_matching"]))
+    ab_icl, ab_random, ab_clean = [], [], []
+    rows = np.arange(n_ablate)
+    for step in ablated_steps:
+        result = ablation_losses(run.model(step), tokens)
+        ab_icl.append(icl_change(result))
+        ab_clean.append(icl_score(result.clean))
+        ab_random.append(result.ablated[:, rows, index[:n_ablate]] - result.clean[rows, index[:n_ablate]])
+    groups = group_ablations(classes)
+    grouped = ablation_losses(run.model(steps[-1]), tokens, [g for _, g in groups])
     m = Measurements(**{name: np.stack(value) for name, value in scores.items()},
                      version=VERSION, steps=steps, tokens=run.snapshot_tokens,
                      ctx_loss=np.stack(ctx_loss), random_index=index, random_loss=np.stack(random_loss),
@@ -190,8 +189,9 @@ def main(argv=None):
     add_device_argument(parser)
     args = parser.parse_args(argv)
     try:
-        for path in args.runs:
-            measure_run(Run(path, args.device), log=print, force=args.force)
+        with command_settings():
+            for path in args.runs:
+                measure_run(Run(path, args.device), log=print, force=args.force)
     except ValueError as e:
         return error(e)
     return 0

@@ -20,6 +20,7 @@ import numpy as np
 from circuits import HeadScores, ablation_losses, icl_change, repeated_random_tokens
 from circuits.icl import context_indices, icl_score
 from minitransformer.backend import add_device_argument
+from minitransformer.cpu import command_settings
 from minitransformer.io import atomic_write, atomic_write_text, error, output_file
 from minitransformer.runs import Run
 
@@ -263,8 +264,9 @@ def main(argv=None):
             raise ValueError(f"--points {args.points}: must be at least 2")
         run = Run(args.run, args.device)
         png = output_file(args.png or run.dir / "phase_change.png", "--png")
-        control = analyse(Run(args.control, args.device), args.points) if args.control else None
-        a = analyse(run, args.points)
+        with command_settings(blas=None):
+            control = analyse(Run(args.control, args.device), args.points) if args.control else None
+            a = analyse(run, args.points)
         plot(run, a, png, control)
     except ValueError as e:
         return error(e)

@@ -18,6 +18,7 @@ import numpy as np
 
 from circuits.icl import context_indices
 from minitransformer.backend import add_device_argument
+from minitransformer.cpu import command_settings
 from minitransformer.io import atomic_write_text, cannot_write, error, output_file
 from minitransformer.runs import Run
 
@@ -313,8 +314,9 @@ def main(argv=None):
         out.mkdir(parents=True, exist_ok=True)
         output_file(out / "index.html", "--out", suffix=".html")
         jobs = jobs_for(args)
-        path, lines, checks = build(root, jobs, out, colour=args.colour,
-                                    measure=not args.cached_only, device=args.device)
+        with command_settings():
+            path, lines, checks = build(root, jobs, out, colour=args.colour,
+                                        measure=not args.cached_only, device=args.device)
     except ValueError as e:
         return error(e)
     except OSError as e:

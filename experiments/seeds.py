@@ -96,7 +96,7 @@ HEADERS = (["model", "seeds"] + [header for header, _, _ in COLUMNS]
 
 
 def markdown_table(models):
-    """The summary over seeds as a Markdown table (what the README shows): one row per model,
+    """The summary over seeds as a Markdown table (docs/model-analysis-table.md shows it): one row per model,
     each cell the median [range] over its seeds."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(row(ms)) + " |" for ms in by_model(models).values()]

@@ -1,6 +1,6 @@
 """The model families of the Model Analysis Table, trained and measured as independent jobs.
 
-    python -m experiments.sweep                 # the default sweep into runs/sweep (2 cores: 57 min, README)
+    python -m experiments.sweep                 # the default sweep into runs/sweep
     python -m experiments.sweep --small         # small models, minutes: runs/sweep-small
     python -m experiments.sweep --scheduler tcp://HOST:8786   # the same jobs on a Dask cluster
     python -m experiments.sweep --seeds 3 --only attn-only-1l attn-only-2l   # seeds 0-2 of two models
@@ -24,7 +24,7 @@ import time
 from dataclasses import dataclass
 
 from minitransformer.backend import add_device_argument
-from minitransformer.cpu import blas_threads
+from minitransformer.cpu import command_settings
 from minitransformer.presets import apply_overrides, preset
 from minitransformer.runs import Run, run_file, run_lock
 from minitransformer.train import train
@@ -122,7 +122,7 @@ def run_job(job, root, measure=True, progress=True, device="cpu"):
     short status line."""
     start = time.time()
     out = pathlib.Path(root) / job.folder
-    with run_lock(out, log=lambda line: print(line, flush=True)), blas_threads(1):
+    with run_lock(out, log=lambda line: print(line, flush=True)), command_settings():
         model, train_config = job.configs()
         train_config["device"] = device
         trained = "finished run kept"

@@ -1,20 +1,21 @@
 """How the engine uses a CPU: memory kept by the allocator, BLAS threads for a block of
-code, and a training step's batch split across threads.
+code, and a training step's batch split across threads. The library never changes these
+settings by itself: the commands do (command_settings), or a user's explicit call.
 
 keep_freed_memory(): a step makes and frees arrays of megabytes by the dozen. glibc's
 malloc hands such blocks back to the OS as they are freed (mmap above a threshold, heap
-trimming below it), so the next array of that size page-faults all of its memory in again:
-on the 2-core machine a fresh 2 MB float32 array cost ~2.5 ms to fill against ~0.12 ms for
-one whose memory the process kept. Model calls this once (NumPy backend, glibc only; set
+trimming below it), so the next array of that size page-faults all of its memory in again
+(docs/backends-and-speed.md has the cost). Once per process (glibc only; set
 MINITRANSFORMER_MALLOC=system to leave malloc as it is): blocks up to 32 MB come from the
 heap, and up to 512 MB of freed memory is kept for reuse.
 
 blas_threads(n): run a block with the BLAS libraries NumPy loaded limited to n threads, then
 restore (threadpoolctl does the finding and setting). The weight analyses are many small
 products, where BLAS threads buy nothing, and on a machine whose cores are busy (a training
-job beside the analysis) OpenBLAS's waiting threads make each one orders of magnitude
-slower: on 2 busy cores, 20 snapshots of the 2-layer model took 60 s with the default
-threads and 2.3 s with one.
+job beside the analysis) OpenBLAS's waiting threads make each one orders of magnitude slower.
+
+command_settings(blas=1): both, for the body of a command (train, sweep, report, measure, the
+circuits CLIs, the benchmarks).
 
 sharded(fn, tokens, shards): a step's loss and gradients as the weighted sum of those of
 `shards` slices of the batch, each computed on its own thread with one BLAS thread. NumPy's
@@ -73,6 +74,15 @@ def blas_kernels():
 def blas_threads(n=1):
     """with blas_threads(1): ...  (a no-op for BLAS libraries threadpoolctl does not know)."""
     with _controller().limit(limits=int(n), user_api="blas"):
+        yield
+
+
+@contextlib.contextmanager
+def command_settings(blas=1):
+    """with command_settings(): ... -- what a command sets for its work: malloc keeps freed
+    memory, and the BLAS libraries run `blas` threads (None: as they are) until the block ends."""
+    keep_freed_memory()
+    with contextlib.nullcontext() if blas is None else blas_threads(blas):
         yield
 
 

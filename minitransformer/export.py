@@ -304,7 +304,7 @@ def main(argv=None):
     except OSError as e:
         return error(f"--out {args.out}: {e.strerror or e}")
     print(f"{out}: a TransformerLens 3.x state dict, its HookedTransformerConfig in the metadata "
-          f"under {CONFIG_KEY!r} (README: Coming from TransformerLens)")
+          f"under {CONFIG_KEY!r} (docs/transformerlens.md)")
     return 0
 
 

@@ -1,33 +1,10 @@
 """Atomic file writes: every file goes to a temporary name in the same folder, then is
 renamed, so a killed process never leaves a torn file. And the one line a command ends with
 when its input is bad."""
-import collections
 import os
 import pathlib
-import signal
 import sys
 import tempfile
-
-# Tests only: "NAME[#N]:POINT" SIGKILLs this process at POINT of the Nth write (default 1st)
-# of the file named NAME, so a test kills a run exactly there on any machine, fast or slow.
-# POINT is "mid-write" (half of the bytes under the temporary name, the target untouched)
-# or "after-rename" (the file is in place). E.g. "run.npz#3:mid-write".
-KILL_AT = "MINITRANSFORMER_KILL_AT"
-_writes = collections.Counter()
-
-
-def _kill_if_asked(path, point, f=None):
-    spec = os.environ.get(KILL_AT)
-    if not spec:
-        return
-    target, _, where = spec.rpartition(":")
-    name, _, nth = target.partition("#")
-    if where == point and name == os.path.basename(path) and _writes[name] == int(nth or 1):
-        if f is not None:
-            f.truncate(f.tell() // 2)
-            f.flush()
-            os.fsync(f.fileno())
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _umask():
@@ -42,16 +19,13 @@ def atomic_write(path, write):
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    _writes[os.path.basename(path)] += 1
     try:
         os.fchmod(fd, 0o666 & ~_umask())   # mkstemp's 0600 -> what open() would have given
         with os.fdopen(fd, "wb") as f:
             write(f)
-            _kill_if_asked(path, "mid-write", f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        _kill_if_asked(path, "after-rename")
     except BaseException:
         if os.path.exists(tmp):
             os.remove(tmp)

@@ -13,7 +13,7 @@ from .config import ModelConfig
 from .hooks import HookPoints
 from .interventions import HeadScale, engine_hooks
 from .params import check_params, init_params
-from .cpu import keep_freed_memory, resolve_threads, sharded
+from .cpu import resolve_threads, sharded
 
 ATTENTION_HOOKS = ("hook_v", "hook_q", "hook_k", "hook_attn_scores", "hook_pattern", "hook_z",
                    "hook_result")   # in the order attention_forward reaches them
@@ -44,8 +44,6 @@ class Model:
         self.config = ModelConfig.from_dict(config)
         self.smear = (ops.smear_forward, ops.smear_backward) if smear is None else tuple(smear)
         self.xp = resolve_device(device)
-        if self.xp is np:
-            keep_freed_memory()   # arrays of megabytes made and freed each step (cpu.py)
         self.dtype = np.dtype(dtype)
         host = init_params(self.config, seed, self.dtype) if params is None else params
         check_params(self.config, host)

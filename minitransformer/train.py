@@ -25,7 +25,7 @@ from .model import Model
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .presets import PRESETS, apply_overrides, preset
 from .params import param_shapes
-from .cpu import resolve_threads
+from .cpu import command_settings, resolve_threads
 from .runs import (LOG_KEYS, Run, as_train_config, existing_run, run_arrays, run_file, run_lock, save_npz,
                    save_snapshot, snapshot_file)
 
@@ -306,8 +306,9 @@ def main(argv=None):
             if getattr(args, flag) is not None:
                 train_config[flag] = getattr(args, flag)
         apply_overrides(model, train_config, args.overrides)
-        run = train(args.out, model, train_config, resume=args.resume, force=args.force,
-                    progress=not args.quiet)
+        with command_settings(blas=None):   # the step sets its own threads (TrainConfig.threads)
+            run = train(args.out, model, train_config, resume=args.resume, force=args.force,
+                        progress=not args.quiet)
     except ValueError as e:
         return error(e)
     except OSError as e:

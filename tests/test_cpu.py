@@ -91,15 +91,27 @@ def test_blas_threads_limits_and_restores():
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's mallopt")
 @pytest.mark.parametrize("setting, expected", [("", "True"), ("system", "False")])
-def test_the_allocator_is_tuned_once_unless_asked_not_to(setting, expected):
+def test_the_allocator_is_tuned_by_commands_not_by_building_a_model(setting, expected):
     code = ("import numpy as np; from minitransformer import Model; "
-            "from minitransformer.cpu import keep_freed_memory as k; "
-            "Model(dict(n_layers=1, d_model=8, n_heads=1, d_head=8, n_ctx=4, d_vocab=5)); "
+            "from minitransformer.cpu import command_settings, keep_freed_memory as k\n"
+            "Model(dict(n_layers=1, d_model=8, n_heads=1, d_head=8, n_ctx=4, d_vocab=5))\n"
+            "print(k.cache_info().misses)\n"
+            "with command_settings(blas=None): pass\n"
             "print(k(), k.cache_info().hits)")
     env = dict(os.environ, MINITRANSFORMER_MALLOC=setting)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, cwd=os.path.dirname(os.path.dirname(__file__))).stdout.split()
-    assert out == [expected, "1"]   # Model called it; the second call is the cached answer
+    assert out == ["0", expected, "1"]   # not by Model; by the command; then the cached answer
+
+
+def test_command_settings_limit_blas_threads_for_the_block_only():
+    from minitransformer.cpu import command_settings
+    before = _blas_threads_now()
+    with command_settings():
+        assert _blas_threads_now() == {1}
+    with command_settings(blas=None):
+        assert _blas_threads_now() == before
+    assert _blas_threads_now() == before
 
 
 def test_a_run_stores_the_threads_it_used_and_other_threads_may_resume_it(tmp_path):

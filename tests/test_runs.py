@@ -1,6 +1,6 @@
 """End-to-end on the tiny preset: train, snapshot, load, resume after a kill (bit-identical),
 and the promised one-line errors for bad runs, files and flags."""
-import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 import minitransformer
-from minitransformer.io import KILL_AT
 from minitransformer.presets import preset
 from minitransformer.runs import Run, read_npz, save_npz
 from minitransformer.train import main, snapshot_schedule, train
@@ -49,6 +48,9 @@ def test_same_eval_set_for_every_run_of_the_same_seed(tiny_run, tmp_path):
     assert np.array_equal(other.eval_tokens, tiny_run.eval_tokens)
 
 
+KILL_AT = pathlib.Path(__file__).with_name("kill_at.py")
+
+
 def _command(out, *extra):
     return [sys.executable, "-m", "minitransformer.train", "--preset", "tiny", "--out", str(out),
             "--quiet", "total_tokens=120000", "snapshots=12", "threads=2", *extra]   # the split step
@@ -71,11 +73,11 @@ def whole_run(tmp_path_factory):
 
 @pytest.mark.parametrize("point", KILL_POINTS.values(), ids=KILL_POINTS.keys())
 def test_resume_after_kill_is_bit_identical(whole_run, tmp_path, point):
-    """Kill a run at a chosen point (the writer kills itself there, see minitransformer.io),
-    resume it: it ends exactly where a run never interrupted ends, snapshots included."""
+    """Kill a run at a chosen point (it kills itself there, tests/kill_at.py), resume it: it
+    ends exactly where a run never interrupted ends, snapshots included."""
     killed = tmp_path / "killed"
-    env = dict(os.environ, **{KILL_AT: point})
-    assert subprocess.run(_command(killed), env=env, timeout=300).returncode == -signal.SIGKILL
+    command = [sys.executable, str(KILL_AT), point] + _command(killed)[1:]
+    assert subprocess.run(command, timeout=300).returncode == -signal.SIGKILL
     torn = list(killed.rglob("*.tmp"))
     assert len(torn) == (1 if "mid-write" in point else 0)
     subprocess.run(_command(killed, "--resume"), check=True, timeout=300)

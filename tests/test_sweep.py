@@ -16,9 +16,10 @@ import pytest
 from circuits import ablation_losses, icl_change
 from experiments import measure, report, seeds, sweep, timeseries
 from experiments.screenshot import check_images
-from minitransformer.io import KILL_AT
 from minitransformer.npz import read_npz, save_npz
 from minitransformer.runs import Run, run_file
+
+import kill_at  # noqa: E402  (tests/kill_at.py)
 
 TINY = ("total_tokens=3e4", "snapshots=4", "n_eval=12")
 JOBS = [sweep.Job("attn-only-1l", "tiny", TINY + ("n_layers=1",), "attn-only"),
@@ -54,15 +55,14 @@ def test_a_second_sweep_keeps_finished_runs_and_cached_measurements(swept):
                                   (root / j.name / "measurements.npz").stat().st_mtime_ns)
 
 
-def test_an_interrupted_job_resumes_to_the_same_model(tmp_path, monkeypatch):
+def test_an_interrupted_job_resumes_to_the_same_model(tmp_path):
     job = sweep.Job("m", "tiny", ("total_tokens=6e4", "snapshots=8", "n_eval=8"))
     sweep.run_job(job, tmp_path / "straight", measure=False, progress=False)
-    worker = multiprocessing.get_context("spawn").Process(
-        target=sweep.run_job, args=(job, str(tmp_path / "cut")), kwargs=dict(measure=False, progress=False))
-    monkeypatch.setenv(KILL_AT, "run.npz#4:mid-write")   # the worker kills itself there
+    worker = multiprocessing.get_context("spawn").Process(   # it kills itself mid-write
+        target=kill_at.run_killed, args=("run.npz#4:mid-write", sweep.run_job, job, str(tmp_path / "cut")),
+        kwargs=dict(measure=False, progress=False))
     worker.start()
     worker.join(120)
-    monkeypatch.delenv(KILL_AT)
     assert worker.exitcode == -signal.SIGKILL
     assert Run(tmp_path / "cut" / "m").tokens < 60_000                      # stopped part way
     assert "trained" in sweep.run_job(job, tmp_path / "cut", measure=False, progress=False)

@@ -65,7 +65,7 @@ def mlp_forward_by_sequence(x, W_in, b_in, W_out, b_out, act_fn="gelu_new"):
     without a cache: x (B,T,D) -> out (B,T,D). NumPy multiplies (B,T,D) @ (D,M) as B products
     (T,D) @ (D,M), so these are the same products and the same numbers, to the bit
     (tests/test_lean_forward.py); a sequence's (T,M) hidden activations stay in the CPU's
-    cache for the activation's passes instead of going out to memory and back, ~1.5x faster."""
+    cache for the activation's passes instead of going out to memory and back."""
     out = np.empty(x.shape[:-1] + W_out.shape[-1:], dtype=np.result_type(x, W_in, W_out))
     for i in range(len(x)):
         out[i:i + 1] = mlp_forward(x[i:i + 1], W_in, b_in, W_out, b_out, act_fn)[0]
