@@ -96,8 +96,8 @@ HEADERS = (["model", "seeds"] + [header for header, _, _ in COLUMNS]
 
 
 def markdown_table(models):
-    """The summary over seeds as a Markdown table (docs/model-analysis-table.md shows it): one row per model,
-    each cell the median [range] over its seeds."""
+    """The summary over seeds as a Markdown table (docs/model-analysis-table.md shows it): one
+    row per model, each cell the median [range] over its seeds."""
     lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
     lines += ["| " + " | ".join(row(ms)) + " |" for ms in by_model(models).values()]
     return "\n".join(lines)
