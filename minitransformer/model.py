@@ -79,9 +79,9 @@ class Model:
         whole forward in which that activation was resid_pre (hooks below it are not
         reached). An ablation of heads in layer l and up reuses the layers below this way.
         No backward follows, so no cache is kept: the numbers of per_token_cross_entropy of
-        forward_train's logits, to the bit (tests/test_lean_forward.py), on a CPU x1.1 (1
-        layer) to x1.9 (5-6 layers with MLPs) faster: no stored attention pattern, the MLP
-        one sequence at a time, each layer's activations freed as the next is made."""
+        forward_train's logits, to the bit (tests/test_lean_forward.py), with less memory
+        traffic: no stored attention pattern, the MLP one sequence at a time, each layer's
+        activations freed as the next is made (docs/backends-and-speed.md: how much faster)."""
         tokens = self.tokens(tokens)
         logits, _ = self._forward(tokens, hooks, start_at_layer=start_at_layer,
                                   resid_pre=resid_pre, keep_cache=False)

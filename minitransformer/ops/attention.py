@@ -237,7 +237,7 @@ def attention_backward(dout, cache, smear_backward=smear_backward):
 # ---- the attention core: scores -> causal softmax -> z, and its backward -------------------
 # attend_forward/attend_backward are the readable versions. On NumPy the model uses the
 # blocked twins, which compute the same numbers (tests/test_attention_blocked.py) but skip
-# the masked upper triangle and work on cache-sized pieces: ~1.5x faster on a 2-core CPU. On
+# the masked upper triangle and work on cache-sized pieces (docs/backends-and-speed.md). On
 # a GPU the readable ones are also the fast ones: a handful of whole-array kernels, where the
 # blocks would cost ~60 kernel launches per layer and batch chunk for no cache to fit.
 
