@@ -35,11 +35,14 @@ def bytes_per_token(run):
 
 def row(path):
     run = Run(path)
+    again = f"python -m experiments.phase_change {run.dir}"
     try:
         a = json.loads((run.dir / "phase_change.json").read_text())
     except (OSError, ValueError) as e:
-        raise ValueError(f"{run.dir / 'phase_change.json'}: unreadable ({e}); run "
-                         f"python -m experiments.phase_change {run.dir} first") from None
+        raise ValueError(f"{run.dir / 'phase_change.json'}: unreadable ({e}); run {again} first") from None
+    if not (isinstance(a, dict) and isinstance(a.get("stats"), dict) and "prefix_rise" in a["stats"]):
+        raise ValueError(f"{run.dir / 'phase_change.json'}: has no stats.prefix_rise (written by an "
+                         f"older experiments.phase_change); run {again} again")
     st = a["stats"]
     pm = np.array(a["prefix_matching"], dtype=float)            # (S, L, H)
     head = "-"

@@ -255,3 +255,7 @@ def test_levers_names_a_run_without_its_analysis(tmp_path, capsys):
     assert levers.main([str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "phase_change.json: unreadable" in err
+    (tmp_path / "r" / "phase_change.json").write_text('{"window": null, "icl_window": null}')
+    assert levers.main([str(tmp_path / "r")]) == 2                  # an older analysis's keys
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no stats.prefix_rise" in err
