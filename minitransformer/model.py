@@ -155,9 +155,6 @@ class Model:
         cfg, p, xp = self.config, self.params, self.xp
         T = tokens.shape[1]
         hook = HookPoints(self._checked_hooks(hooks, tokens.shape), record)
-        if keep_cache and start_at_layer is not None:
-            raise ValueError("start_at_layer: for forward and per_token_loss only (a backward "
-                             "runs through every layer)")
         first, resid = self._start(start_at_layer, resid_pre, tokens)
         embed_cache = None
         if resid is None:

@@ -168,8 +168,8 @@ def _hook_heads(hook, name, x):
 
 
 def _attend(q, k, v, hook, keep_pattern=True):
-    """q, k, v (B,H,T,E) -> pattern (B,H,T,T) (None if not keep_pattern and the core can
-    spare it), z (B,H,T,E), through hook_attn_scores. The scores are formed as an activation
+    """q, k, v (B,H,T,E) -> pattern (B,H,T,T) (None if not keep_pattern), z (B,H,T,E),
+    through hook_attn_scores. The scores are formed as an activation
     only when someone reads them (the blocked core never holds them whole)."""
     attend = attention_core(q)[0]
     if not hook.wants("hook_attn_scores"):
@@ -249,12 +249,12 @@ def attention_core(like):
 
 
 def attend_forward(q, k, v, keep_pattern=True):
-    """q, k, v (...,T,E) -> pattern (...,T,T), z (...,T,E). keep_pattern is the blocked
-    core's option; the pattern is made whole here either way, so it is returned."""
+    """q, k, v (...,T,E) -> pattern (...,T,T) (None if not keep_pattern: no backward
+    follows), z (...,T,E)."""
     scores = q @ k.swapaxes(-1, -2)                               # (...,T,T)
     scores *= q.shape[-1] ** -0.5
     pattern = softmax_forward(scores)                             # in place
-    return pattern, pattern @ v
+    return (pattern if keep_pattern else None), pattern @ v
 
 
 def attend_backward(dz, q, k, v, pattern, z):
