@@ -14,8 +14,8 @@ What to compute:
      indices index - half_window .. index + half_window (clipped to 1 .. n_ctx - 1) and over
      the sequences. Negative: later tokens are easier, the model learns in context.
   2. pattern_preserving_losses(model, tokens, layer, head): run the model once and record
-     every layer's attention pattern; run it again with that head's output zeroed and
-     every pattern replayed -> per-token losses.
+     every layer's attention pattern; run it again with hooks of your own that put every
+     recorded pattern back and zero that head's output -> per-token losses.
   3. icl_change(model, tokens, early, late, half_window): for every head, icl_score with
      the head ablated minus icl_score of the clean model. Positive: the head was doing
      in-context learning.
@@ -23,27 +23,44 @@ What to compute:
 Shapes: losses (N, T-1) -> float. pattern_preserving_losses -> (N, T-1).
         icl_change -> (n_layers, n_heads).
 
+Hooks (minitransformer.hooks; exercise 14 does more with them): model.per_token_loss(tokens,
+hooks={name: fn}) calls fn(activation, name) at hook point `name` of model.hook_names(),
+with the activation there, read-only. fn returns None to keep it, or a replacement of the
+same shape, which the rest of the forward computes with. The points you need:
+blocks.{l}.attn.hook_pattern (B,H,T,T), each layer's attention pattern, and
+blocks.{l}.attn.hook_z (B,T,H,E), its heads' outputs before W_O. model.run_with_cache(tokens)
+-> (logits, cache) records every activation under its hook point's name. Write the
+ablation from hooks of your own, not with minitransformer.interventions' replay or
+ablate_heads: the check tells them apart.
+
 model.per_token_loss(tokens, hooks=ablate_heads([(layer, head)])) runs the model with a head
-zeroed (minitransformer.interventions): a full ablation, every later pattern recomputed. Compare it with yours on head 0.0
-and explain the difference (exercise 10 tells you why).
+zeroed (minitransformer.interventions): a full ablation, every later pattern recomputed.
+The run compares it with yours, head by head: explain the difference (exercise 10 tells you
+why).
 
 Run: python -m exercises.ex12_ablation_icl    Check: make exercise N=12
 Hints, one step at a time: python -m exercises.hint 12 (then --step 2)
 """
 import numpy as np
 
-from circuits import context_indices
+from circuits import ablation_losses, context_indices
+from circuits import icl_score as engine_icl_score
 from exercises import common
-from minitransformer.interventions import ablate_heads, combine, replay
+from minitransformer.interventions import ablate_heads
 
 
 def icl_score(losses, early, late, half_window=1):
     """losses (N, T-1) -> mean loss around index `late` minus around index `early`."""
     # BEGIN SOLUTION: a windowed mean at each index, then the difference
-    # Hint 1: context index i is column i - 1 of losses, and n_ctx is `losses.shape[1] + 1`.
-    #   Clip the window's ends, not its centre.
-    # Hint 2: around an index: `lo, hi = max(1, index - half_window), min(n_ctx - 1, index +
-    #   half_window)`, then `losses[:, lo - 1:hi].mean()`; late minus early, as a float.
+    # Hint 1: which column of losses holds context index i? And a window around an index
+    #   near either end of the context runs past it.
+    # Hint 2: for each of the two indices, take the context indices within half_window of
+    #   it, clipped to 1 .. n_ctx - 1 (n_ctx is one more than the number of loss columns),
+    #   read their columns (one to the left of the index), and average over those columns
+    #   and every sequence. Return late's mean minus early's, as a float.
+    # Hint 3: `n_ctx = losses.shape[1] + 1`; around an index: `lo, hi = max(1, index -
+    #   half_window), min(n_ctx - 1, index + half_window)`, then
+    #   `losses[:, lo - 1:hi].mean()`; late minus early, as a float.
     n_ctx = losses.shape[1] + 1
 
     def around(index):
@@ -55,25 +72,47 @@ def icl_score(losses, early, late, half_window=1):
 
 def pattern_preserving_losses(model, tokens, layer, head):
     """-> (N, T-1) per-token losses with head (layer, head) zeroed, every pattern replayed."""
-    # BEGIN SOLUTION: record the clean patterns, replay them with the head zeroed
-    # Hint 1: `model.run_with_cache(tokens)` -> (logits, cache) records every pattern: the
-    #   cache entries whose names end in "hook_pattern". `replay(cache, names)` turns them
-    #   into hooks that put them back; `combine` joins those with `ablate_heads`.
-    # Hint 2: `model.per_token_loss(tokens, hooks=combine(replay(cache, patterns),
-    #   ablate_heads([(layer, head)])))` with `patterns = [name for name in cache if
-    #   name.endswith("hook_pattern")]`.
+    # BEGIN SOLUTION: record the clean run, then hooks of your own: patterns put back, head zeroed
+    # Hint 1: two forward passes: the first only records, the second changes activations
+    #   at two kinds of hook point. What must a hook return for the forward to use its
+    #   version, and which of its arguments tells it where it is called?
+    # Hint 2: record the clean run with run_with_cache. Then write two small hook functions:
+    #   one that returns the recorded pattern of the hook point it is called at (look it up
+    #   by the name it is given, not by a loop variable), one that returns a copy of z with
+    #   every entry of the ablated head (axis 2) set to zero. Put the first at every layer's
+    #   pattern hook point, the second at the ablated layer's hook_z, and ask
+    #   per_token_loss for the losses.
+    # Hint 3: `def put_back(pattern, name): return cache[name]` and
+    #   `def zero_head(z, name): z = z.copy(); z[:, :, head] = 0.0; return z`; then
+    #   `hooks = {name: put_back for name in cache if name.endswith("hook_pattern")}`,
+    #   `hooks[f"blocks.{layer}.attn.hook_z"] = zero_head` and
+    #   `model.per_token_loss(tokens, hooks=hooks)`.
     _, cache = model.run_with_cache(tokens)
-    patterns = [name for name in cache if name.endswith("hook_pattern")]
-    return model.per_token_loss(tokens, hooks=combine(replay(cache, patterns),
-                                                      ablate_heads([(layer, head)])))
+
+    def put_back(pattern, name):              # every layer attends as in the clean run
+        return cache[name]
+
+    def zero_head(z, name):                   # z (B,T,H,E), read-only: change a copy
+        z = z.copy()
+        z[:, :, head] = 0.0
+        return z
+    hooks = {name: put_back for name in cache if name.endswith("hook_pattern")}
+    hooks[f"blocks.{layer}.attn.hook_z"] = zero_head
+    return model.per_token_loss(tokens, hooks=hooks)
     # END SOLUTION
 
 
 def icl_change(model, tokens, early, late, half_window=1):
     """-> (n_layers, n_heads): ICL score with each head ablated minus the clean one."""
     # BEGIN SOLUTION: the clean score, then one pattern-preserving ablation per head
-    # Hint 1: two functions above do the work: icl_score of `model.per_token_loss(tokens)`
-    #   once, then for every (layer, head) icl_score of pattern_preserving_losses.
+    # Hint 1: two functions above do the work.
+    # Hint 2: icl_score of the clean model's per-token losses once; then, for every layer
+    #   and head, icl_score of the losses pattern_preserving_losses gives, minus the clean
+    #   score.
+    # Hint 3: `clean = icl_score(model.per_token_loss(tokens), early, late, half_window)`,
+    #   then in a loop over layers and heads `change[layer, head] =
+    #   icl_score(pattern_preserving_losses(model, tokens, layer, head), early, late,
+    #   half_window) - clean`.
     clean = icl_score(model.per_token_loss(tokens), early, late, half_window)
     change = np.zeros((model.config.n_layers, model.config.n_heads))
     for layer in range(model.config.n_layers):
@@ -90,22 +129,32 @@ if __name__ == "__main__":
     model, tokens = run.model(), run.eval_tokens            # 64 held-out windows of 64 tokens
     early, late = context_indices(model.config.n_ctx)
     clean = model.per_token_loss(tokens)
-    print(f"ICL score (loss at index {late} minus index {early}): "
-          f"{icl_score(clean, early, late):+.2f} nats")
+    score = icl_score(clean, early, late)
+    print(f"ICL score (loss at index {late} minus index {early}): {score:+.2f} nats"
+          + ("" if np.isclose(score, engine_icl_score(clean, early, late, 1), atol=1e-6) else
+             f"   WRONG: circuits.icl_score gives {engine_icl_score(clean, early, late, 1):+.2f}"))
     preserving = icl_change(model, tokens, early, late)
+    engine = ablation_losses(model, tokens, method="pattern-preserving")   # every head, in order
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     right.plot(np.arange(1, tokens.shape[1]), clean.mean(0), "k", label="clean")
     names, full = [], []
-    for layer in range(model.config.n_layers):
-        for head in range(model.config.n_heads):
-            names.append(f"{layer}.{head}")
-            full_losses = model.per_token_loss(tokens, hooks=ablate_heads([(layer, head)]))
-            full.append(icl_score(full_losses, early, late) - icl_score(clean, early, late))
-            print(f"head {layer}.{head}: ICL score change, pattern-preserving "
-                  f"{preserving[layer, head]:+.2f}, full ablation {full[-1]:+.2f}")
-            right.plot(np.arange(1, tokens.shape[1]),
-                       pattern_preserving_losses(model, tokens, layer, head).mean(0),
-                       label=f"without {layer}.{head} (pattern-preserving)")
+    for i, (layer, head) in enumerate((l, h) for l in range(model.config.n_layers)
+                                      for h in range(model.config.n_heads)):
+        names.append(f"{layer}.{head}")
+        full_losses = model.per_token_loss(tokens, hooks=ablate_heads([(layer, head)]))
+        full.append(icl_score(full_losses, early, late) - score)
+        yours = pattern_preserving_losses(model, tokens, layer, head)
+        gap = float(np.abs(yours - engine.ablated[i]).max())
+        expected = icl_score(engine.ablated[i], early, late) - icl_score(engine.clean, early, late)
+        print(f"head {layer}.{head}: ICL score change, pattern-preserving "
+              f"{preserving[layer, head]:+.2f}, full ablation {full[-1]:+.2f}"
+              + (f"   WRONG: your pattern-preserving losses differ from "
+                 f"circuits.ablation_losses' by up to {gap:.2g}" if gap > 1e-4 else "")
+              + (f"   WRONG: icl_change gives {preserving[layer, head]:+.3f}, the engine's "
+                 f"losses {expected:+.3f}" if abs(preserving[layer, head] - expected) > 1e-3
+                 else ""))
+        right.plot(np.arange(1, tokens.shape[1]), yours.mean(0),
+                   label=f"without {layer}.{head} (pattern-preserving)")
     x = np.arange(len(names))
     left.bar(x - 0.2, preserving.ravel(), 0.4, label="pattern-preserving")
     left.bar(x + 0.2, full, 0.4, label="full")
