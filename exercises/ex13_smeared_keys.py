@@ -53,7 +53,7 @@ def smear_keys(k, alpha):
 def smear_keys_backward(dsmeared, cache):
     """dsmeared (B, H, T, E) -> dk (B, H, T, E), dalpha (H,)."""
     raise NotImplementedError(
-        'exercise 13: both routes from k_j to the output, and the chain rule through sigmoid')
+        'exercise 13: every route from k_j to the output, and the chain rule through sigmoid')
 
 
 if __name__ == "__main__":

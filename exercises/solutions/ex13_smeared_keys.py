@@ -48,11 +48,16 @@ def train_one_layer(out, smeared, total_tokens=800_000, seed=0):
 def smear_keys(k, alpha):
     """k (B, H, T, E), alpha (H,) -> smeared k (B, H, T, E), cache."""
     # BEGIN SOLUTION: s = sigmoid(alpha) per head, k_prev, and the mix
-    # Hint 1: make k_prev, k shifted one position later with k_0 in front of itself; then
-    #   `s k + (1 - s) k_prev` leaves position 0 equal to k_0. s must broadcast over
-    #   (B, H, T, E): shape it (H, 1, 1).
-    # Hint 2: `k_prev = np.concatenate([k[:, :, :1], k[:, :, :-1]], axis=2)`; keep
-    #   (k, k_prev, s) as the cache.
+    # Hint 1: each position's key mixes with the key one position earlier. Which key can
+    #   position 0 mix with, having none before it, so that it stays k_0? And alpha holds
+    #   one number per head: how must s be shaped to meet k (B, H, T, E)?
+    # Hint 2: build k_prev, the keys moved one position later along the position axis (2)
+    #   with k_0 put in front: position 0 is then its own previous key, and the mix leaves
+    #   it k_0. Shape s = sigmoid(alpha) (H, 1, 1). Return the mix, and keep what the
+    #   backward needs (k, k_prev and s) as the cache.
+    # Hint 3: `s = (1.0 / (1.0 + np.exp(-alpha)))[:, None, None]`,
+    #   `k_prev = np.concatenate([k[:, :, :1], k[:, :, :-1]], axis=2)`, then
+    #   `return s * k + (1.0 - s) * k_prev, (k, k_prev, s)`.
     s = (1.0 / (1.0 + np.exp(-alpha)))[:, None, None]                 # (H, 1, 1)
     k_prev = np.concatenate([k[:, :, :1], k[:, :, :-1]], axis=2)      # k_{j-1}; k_0 at j = 0
     return s * k + (1.0 - s) * k_prev, (k, k_prev, s)
@@ -61,13 +66,18 @@ def smear_keys(k, alpha):
 
 def smear_keys_backward(dsmeared, cache):
     """dsmeared (B, H, T, E) -> dk (B, H, T, E), dalpha (H,)."""
-    # BEGIN SOLUTION: both routes from k_j to the output, and the chain rule through sigmoid
-    # Hint 1: k_j reaches the output twice: as `s k_j` at position j and as `(1 - s) k_prev`
-    #   at position j + 1; k_0 also as its own k_prev at position 0. For alpha:
-    #   `d sigmoid(a) / da = s (1 - s)`.
-    # Hint 2: `dk = s dsmeared`, plus `(1 - s) dsmeared[:, :, j + 1]` at every j < T - 1,
-    #   plus `(1 - s) dsmeared[:, :, 0]` at 0; `dalpha = sum over B, T, E of dsmeared (k -
-    #   k_prev)`, times `s (1 - s)`.
+    # BEGIN SOLUTION: every route from k_j to the output, and the chain rule through sigmoid
+    # Hint 1: follow k_j forward: at how many positions of the output does it appear, and
+    #   with which weight? Position 0's key has a route more than the others. alpha reaches
+    #   the output only through s = sigmoid(alpha).
+    # Hint 2: dk adds three routes: weight s at position j itself; weight 1 - s at position
+    #   j + 1, whose previous key k_j is (every j but the last); and weight 1 - s at
+    #   position 0, for k_0 as its own previous key. For alpha: the mix changes with s as
+    #   k - k_prev does; sum that against dsmeared over every axis but the head's, then the
+    #   chain rule through the sigmoid, whose derivative is s (1 - s).
+    # Hint 3: `dk = s * dsmeared`, `dk[:, :, :-1] += (1.0 - s) * dsmeared[:, :, 1:]`,
+    #   `dk[:, :, 0] += (1.0 - s[:, :, 0]) * dsmeared[:, :, 0]` and
+    #   `dalpha = (dsmeared * (k - k_prev)).sum((0, 2, 3)) * (s * (1.0 - s))[:, 0, 0]`.
     k, k_prev, s = cache
     dk = s * dsmeared
     dk[:, :, :-1] += (1.0 - s) * dsmeared[:, :, 1:]                 # k_j is k_prev of j + 1
