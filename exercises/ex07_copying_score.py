@@ -33,6 +33,7 @@ Hints, one step at a time: python -m exercises.hint 7 (then --step 2)
 """
 import numpy as np
 
+import circuits
 from circuits import HeadScores, classify_heads, repeated_random_tokens
 from exercises import common
 
@@ -62,6 +63,17 @@ if __name__ == "__main__":
     model = run.model()
     tokens = repeated_random_tokens(10, 40, 1, run.token_counts, seed=0)
     copying = copying_score(model, tokens)
+    engine = circuits.copying_score(model, n_examples=10, length=40,   # the same tokens
+                                    token_counts=run.token_counts, seed=0)
+    if np.allclose(copying, engine, rtol=1e-4, atol=1e-6, equal_nan=True):
+        print("ok     your scores are circuits.copying_score's on the same tokens")
+    else:
+        gap = np.abs(copying - engine)
+        gap[np.isnan(copying) & np.isnan(engine)] = 0.0
+        gap[np.isnan(gap)] = np.inf                              # NaN on one side only
+        l, h = np.unravel_index(np.argmax(gap), gap.shape)
+        print(f"WRONG: your scores differ from circuits.copying_score's on the same tokens, "
+              f"most at head {l}.{h} (yours {copying[l, h]:+.2f}, circuits' {engine[l, h]:+.2f})")
     library = HeadScores.of_run(run)                 # the tools' scores of the same model
     prefix = library.prefix_matching
     classes = classify_heads(prefix, copying, library.previous_token)   # the tools' one rule

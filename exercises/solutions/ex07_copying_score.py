@@ -33,6 +33,7 @@ Hints, one step at a time: python -m exercises.hint 7 (then --step 2)
 """
 import numpy as np
 
+import circuits
 from circuits import HeadScores, classify_heads, repeated_random_tokens
 from exercises import common
 
@@ -40,10 +41,15 @@ from exercises import common
 def direct_logit_impact(model, cache, layer, tokens):
     """-> (N, H, n, n): head output from key j >= 1, read by W_U at the n sample tokens."""
     # BEGIN SOLUTION: o_j = v_j W_O, then W_U's columns of the sample tokens
-    # Hint 1: drop BOS first: `v[:, 1:]` are the keys j >= 1. `W_U[:, tokens[:, 1:]]` is
-    #   (D, N, n): for each example, the unembedding columns of its own sample tokens.
-    # Hint 2: two einsums: `"njhe,hed->njhd"` (v times W_O, per head) and then
-    #   `"njhd,dnt->nhjt"` with those W_U columns. Cast to float64 first.
+    # Hint 1: two steps: what head h writes into the residual stream when it attends to key
+    #   j, then how W_U reads that at each sample token. Which keys count, and which of
+    #   W_U's columns?
+    # Hint 2: the keys j >= 1 (leave BOS out of v), each through its head's W_O: (N, n, H,
+    #   D). Each example's own sample tokens, those after BOS, pick W_U's columns: (D, N,
+    #   n). Contract D, keeping example, head, key and token, in that order; float64.
+    # Hint 3: `v = cache[f"blocks.{layer}.attn.hook_v"][:, 1:].astype(np.float64)`,
+    #   `out = np.einsum("njhe,hed->njhd", v, W_O)`, `W_sample = W_U[:, tokens[:, 1:]]`,
+    #   then `return np.einsum("njhd,dnt->nhjt", out, W_sample)`.
     v = cache[f"blocks.{layer}.attn.hook_v"][:, 1:].astype(np.float64)     # (N, n, H, E)
     W_O = np.asarray(model.params[f"blocks.{layer}.attn.W_O"], dtype=np.float64)
     out = np.einsum("njhe,hed->njhd", v, W_O)                              # (N, n, H, D)
@@ -62,11 +68,22 @@ def copying_score(model, tokens):
         impact = direct_logit_impact(model, cache, layer, tokens)          # (N, H, n, n)
         pattern = cache[f"blocks.{layer}.attn.hook_pattern"].astype(np.float64)
         # BEGIN SOLUTION: raise r, key weights w, then A, O and the score
-        # Hint 1: mean-subtract over the last axis (t) before the ReLU (`np.maximum(..., 0)`).
-        #   w_j is the pattern summed over its query axis, keys from 1 on.
-        # Hint 2: `np.diagonal(r, axis1=-2, axis2=-1)` is r[..., j, t = j] (N, H, n); A sums
-        #   `w * diagonal`, O sums `w * (r.sum(-1) - diagonal)` over j and divides by n - 1.
-        #   Wrap the division in `np.errstate(invalid="ignore", divide="ignore")`.
+        # Hint 1: three steps: the raise r (which comes first, the mean-subtraction or the
+        #   ReLU?), one weight per key from the pattern (N, H, query, key), then A and O per
+        #   example. A key's weight is the attention it receives.
+        # Hint 2: mean-subtract the impact over the sample tokens t (its last axis), then
+        #   ReLU. w_j sums the pattern over its queries (axis 2), keys from 1 on, to line up
+        #   with the impact's keys. r[..., j, t = j] is the diagonal of r's last two axes: A
+        #   sums w times it over j; O sums w times the rest of each row, over n - 1. Then
+        #   (A - O) / (A + O), its mean over the examples; 0 / 0 stays NaN (np.errstate
+        #   silences numpy's warning).
+        # Hint 3: `raised = np.maximum(impact - impact.mean(-1, keepdims=True), 0.0)`,
+        #   `weight = pattern.sum(2)[:, :, 1:]`,
+        #   `on_attended = np.diagonal(raised, axis1=-2, axis2=-1)`,
+        #   `attended = (weight * on_attended).sum(-1)`,
+        #   `other = (weight * (raised.sum(-1) - on_attended)).sum(-1) / (n - 1)`, and under
+        #   `with np.errstate(invalid="ignore", divide="ignore"):`,
+        #   `scores[layer] = ((attended - other) / (attended + other)).mean(0)`.
         raised = np.maximum(impact - impact.mean(-1, keepdims=True), 0.0)
         weight = pattern.sum(2)[:, :, 1:]                                  # (N, H, n)
         on_attended = np.diagonal(raised, axis1=-2, axis2=-1)              # (N, H, n)
@@ -84,6 +101,17 @@ if __name__ == "__main__":
     model = run.model()
     tokens = repeated_random_tokens(10, 40, 1, run.token_counts, seed=0)
     copying = copying_score(model, tokens)
+    engine = circuits.copying_score(model, n_examples=10, length=40,   # the same tokens
+                                    token_counts=run.token_counts, seed=0)
+    if np.allclose(copying, engine, rtol=1e-4, atol=1e-6, equal_nan=True):
+        print("ok     your scores are circuits.copying_score's on the same tokens")
+    else:
+        gap = np.abs(copying - engine)
+        gap[np.isnan(copying) & np.isnan(engine)] = 0.0
+        gap[np.isnan(gap)] = np.inf                              # NaN on one side only
+        l, h = np.unravel_index(np.argmax(gap), gap.shape)
+        print(f"WRONG: your scores differ from circuits.copying_score's on the same tokens, "
+              f"most at head {l}.{h} (yours {copying[l, h]:+.2f}, circuits' {engine[l, h]:+.2f})")
     library = HeadScores.of_run(run)                 # the tools' scores of the same model
     prefix = library.prefix_matching
     classes = classify_heads(prefix, copying, library.previous_token)   # the tools' one rule
