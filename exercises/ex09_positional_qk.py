@@ -20,12 +20,15 @@ Shapes: positional_qk_scores -> (H, P, P) [head, query position, key position];
 
 W_pos is model.params["pos_embed.W_pos"] (P, D); W_Q, W_K are (H, D, E).
 
+The run tries your functions on a hand-built previous-token head first (20 positions,
+d_head 30: its share is 1.00), then on the trained model, checked against circuits.
+
 Run: python -m exercises.ex09_positional_qk    Check: make exercise N=9
 Hints, one step at a time: python -m exercises.hint 9 (then --step 2)
 """
 import numpy as np
 
-from circuits import HeadScores
+from circuits import HeadScores, full_qk_circuit, induction_model
 from exercises import common
 
 
@@ -48,13 +51,22 @@ def previous_token_share(pattern):
 
 if __name__ == "__main__":
     plt = common.pyplot()
+    handmade = induction_model(d_vocab=30, n_ctx=20)     # P 20 positions, d_head 30
+    share = previous_token_share(positional_pattern(positional_qk_scores(handmade, 0)))
+    print(f"hand-built head 0.0, built to attend to i - 1 by position: {share[0]:.2f} of its "
+          f"attention goes to i-1 from positions alone (it should be 1.00)")
     run = common.trained_run()
     model = run.model()
     empirical = HeadScores.of_run(run).previous_token                  # on real tokens
     H = model.config.n_heads
     fig, axes = plt.subplots(1, H, figsize=(4 * H, 4), squeeze=False)
     for layer in range(model.config.n_layers):
-        pattern = positional_pattern(positional_qk_scores(model, layer))
+        scores = positional_qk_scores(model, layer)
+        library = full_qk_circuit(model, layer, "pos", "pos").AB / np.sqrt(model.config.d_head)
+        if not np.allclose(scores, library, rtol=1e-6, atol=1e-8):
+            print(f"WRONG: layer {layer}'s positional scores differ from circuits.full_qk_circuit"
+                  f"'s (divided by sqrt(d_head)) by up to {np.abs(scores - library).max():.3g}")
+        pattern = positional_pattern(scores)
         share = previous_token_share(pattern)
         for head in range(H):
             print(f"head {layer}.{head}: from positions alone {share[head]:.2f} of the attention "

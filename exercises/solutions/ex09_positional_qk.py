@@ -20,12 +20,15 @@ Shapes: positional_qk_scores -> (H, P, P) [head, query position, key position];
 
 W_pos is model.params["pos_embed.W_pos"] (P, D); W_Q, W_K are (H, D, E).
 
+The run tries your functions on a hand-built previous-token head first (20 positions,
+d_head 30: its share is 1.00), then on the trained model, checked against circuits.
+
 Run: python -m exercises.ex09_positional_qk    Check: make exercise N=9
 Hints, one step at a time: python -m exercises.hint 9 (then --step 2)
 """
 import numpy as np
 
-from circuits import HeadScores
+from circuits import HeadScores, full_qk_circuit, induction_model
 from exercises import common
 
 
@@ -33,10 +36,13 @@ def positional_qk_scores(model, layer):
     """-> (H, P, P): W_pos W_Q W_K^T W_pos^T / sqrt(E) for each head of `layer`."""
     p = {k: np.asarray(v, dtype=np.float64) for k, v in model.params.items()}
     # BEGIN SOLUTION: queries and keys from the positions alone, then their dot products
-    # Hint 1: keep the (P, P) product small: compute W_pos W_Q (H, P, E) and W_pos W_K
-    #   first, never a (D, D) or (H, P, D) intermediate.
-    # Hint 2: `np.einsum("pd,hde->hpe", W_pos, W_Q)` for the queries, the same for the keys,
-    #   then `queries @ keys.transpose(0, 2, 1) / np.sqrt(d_head)`.
+    # Hint 1: with positions alone, what stands where the token's embedding would? Keep the
+    #   (P, P) product cheap: no (D, D) matrix is needed.
+    # Hint 2: per head, the queries of the positions are W_pos W_Q[h] (P, E) and their keys
+    #   W_pos W_K[h] (P, E); scores[h, i, j] is query i's vector dotted with key j's, over
+    #   E, then divided by sqrt(d_head), as the attention scores are.
+    # Hint 3: `queries = np.einsum("pd,hde->hpe", W_pos, p[a + "W_Q"])`, the same for the
+    #   keys, then `queries @ keys.transpose(0, 2, 1) / np.sqrt(model.config.d_head)`.
     W_pos, a = p["pos_embed.W_pos"], f"blocks.{layer}.attn."
     queries = np.einsum("pd,hde->hpe", W_pos, p[a + "W_Q"])               # (H, P, E)
     keys = np.einsum("pd,hde->hpe", W_pos, p[a + "W_K"])                  # (H, P, E)
@@ -47,9 +53,14 @@ def positional_qk_scores(model, layer):
 def positional_pattern(scores):
     """(H, P, P) scores -> (H, P, P) causal softmax over keys."""
     # BEGIN SOLUTION: mask the future, softmax each row
-    # Hint 1: add -inf above the diagonal (`np.triu(np.full((P, P), -np.inf), k=1)`), then
-    #   a softmax over the last axis; subtract each row's max first, so that exp cannot
-    #   overflow.
+    # Hint 1: two steps: the keys after the query (j > i) must get no weight at all, then a
+    #   softmax along each row. What keeps exp from overflowing on large scores?
+    # Hint 2: add -inf above the diagonal (a query may attend to itself), subtract each
+    #   row's largest score (the softmax does not change), exponentiate, and divide by each
+    #   row's sum over its keys (the last axis).
+    # Hint 3: `masked = scores + np.triu(np.full((P, P), -np.inf), k=1)`, then
+    #   `masked = masked - masked.max(-1, keepdims=True)`, `weights = np.exp(masked)` and
+    #   `weights / weights.sum(-1, keepdims=True)`.
     P = scores.shape[-1]
     masked = scores + np.triu(np.full((P, P), -np.inf), k=1)
     masked = masked - masked.max(-1, keepdims=True)
@@ -61,21 +72,33 @@ def positional_pattern(scores):
 def previous_token_share(pattern):
     """(H, P, P) -> (H,): mean over i >= 1 of pattern[h, i, i - 1]."""
     # BEGIN SOLUTION: the mean of the first sub-diagonal
-    # Hint 1: the i -> i - 1 entries form a diagonal: `np.diagonal(pattern, offset,
-    #   axis1=-2, axis2=-1)`, with a negative offset below the main one.
+    # Hint 1: where do the entries pattern[h, i, i - 1] lie in each (P, P) matrix?
+    # Hint 2: on the first diagonal below the main one: P - 1 entries per head, one for each
+    #   query from 1 on (query 0 has no previous token). numpy's diagonal takes an offset
+    #   and the two axes; take the mean per head.
+    # Hint 3: `np.diagonal(pattern, -1, axis1=-2, axis2=-1).mean(-1)`.
     return np.diagonal(pattern, -1, axis1=-2, axis2=-1).mean(-1)
     # END SOLUTION
 
 
 if __name__ == "__main__":
     plt = common.pyplot()
+    handmade = induction_model(d_vocab=30, n_ctx=20)     # P 20 positions, d_head 30
+    share = previous_token_share(positional_pattern(positional_qk_scores(handmade, 0)))
+    print(f"hand-built head 0.0, built to attend to i - 1 by position: {share[0]:.2f} of its "
+          f"attention goes to i-1 from positions alone (it should be 1.00)")
     run = common.trained_run()
     model = run.model()
     empirical = HeadScores.of_run(run).previous_token                  # on real tokens
     H = model.config.n_heads
     fig, axes = plt.subplots(1, H, figsize=(4 * H, 4), squeeze=False)
     for layer in range(model.config.n_layers):
-        pattern = positional_pattern(positional_qk_scores(model, layer))
+        scores = positional_qk_scores(model, layer)
+        library = full_qk_circuit(model, layer, "pos", "pos").AB / np.sqrt(model.config.d_head)
+        if not np.allclose(scores, library, rtol=1e-6, atol=1e-8):
+            print(f"WRONG: layer {layer}'s positional scores differ from circuits.full_qk_circuit"
+                  f"'s (divided by sqrt(d_head)) by up to {np.abs(scores - library).max():.3g}")
+        pattern = positional_pattern(scores)
         share = previous_token_share(pattern)
         for head in range(H):
             print(f"head {layer}.{head}: from positions alone {share[head]:.2f} of the attention "
