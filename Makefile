@@ -109,10 +109,12 @@ reproduce-small: install
 # make exercise N=4 (or: make exercise 4) checks your exercises/ex04_*.py and says what is wrong.
 # make solutions checks the reference solutions (EXERCISE_FAST=0 for the full training runs).
 # make notebooks writes each exercise as a notebook with a check cell after every function:
-# exercises/notebooks/exNN_*.ipynb to hand out, exercises/notebooks/solutions/ for teachers.
-# CI needs no target of its own: tests/test_exercises.py and tests/test_exercise_notebooks.py,
-# part of make test, run the same checks and execute every notebook.
-.PHONY: exercise solutions notebooks
+# exercises/notebooks/exNN_*.ipynb for students, exercises/solutions/notebooks/ for teachers.
+# make handout writes dist/handout.zip, what students get: the engine, the stubs, the checks,
+# the hints and the students' notebooks; no solutions (pip install -e ".[lab]" once unzipped).
+# CI needs no target of its own: tests/test_exercises.py, tests/test_exercise_notebooks.py and
+# tests/test_handout.py, part of make test, run the same checks, every notebook and the zip.
+.PHONY: exercise solutions notebooks handout
 EXERCISE_FAST ?= 1
 ifeq (exercise,$(firstword $(MAKECMDGOALS)))
 N ?= $(word 2,$(MAKECMDGOALS))
@@ -145,3 +147,7 @@ solutions:
 notebooks:
 	$(notebook_deps)
 	$(PYTHON) -m exercises.make_notebooks
+
+handout:
+	$(notebook_deps)
+	$(PYTHON) -m exercises.make_handout

@@ -141,10 +141,13 @@ def notebook_check(exercise, namespace):
                 print(f"{report.outcome} {name}: {first_line(excinfo)}")
         failed = [(name, excinfo) for name, report, excinfo in run.outcomes if report.failed]
         passed = sum(report.passed for _, report, _ in run.outcomes)
+        total = len(failed) + passed
         if not failed:
-            print(f"{function}: all {passed} check{'s' * (passed != 1)} pass")
+            print(f"{function}: " + ("its one check passes" if passed == 1
+                                     else f"all {passed} checks pass"))
             return
-        print(f"{function}: {len(failed)} of {len(failed) + passed} checks fail; the first:")
+        print(f"{function}: " + ("its one check fails:" if total == 1
+                                 else f"{len(failed)} of {total} checks fail; the first:"))
         name, excinfo = failed[0]
         if isinstance(excinfo.value, pytest.fail.Exception):
             raise CheckFailed(f"{name}: {excinfo.value.msg}") from None

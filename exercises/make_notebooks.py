@@ -1,8 +1,14 @@
 """Write each exercise as two Jupyter notebooks, generated from its solution (one source).
 
-    python -m exercises.make_notebooks             write exercises/notebooks/exNN_name.ipynb
-                                                   (the students') and .../solutions/ (yours)
-    python -m exercises.make_notebooks --out DIR   write them under DIR instead
+    python -m exercises.make_notebooks     write exercises/notebooks/exNN_name.ipynb (the
+                                           students') and exercises/solutions/notebooks/
+                                           exNN_name.ipynb (the solution notebooks: yours)
+        --out DIR                          the students' notebooks to DIR instead
+        --solutions-out DIR                the solution notebooks to DIR instead
+
+The solution notebooks sit with the reference solutions, away from the folder students are
+pointed at (an exercises/notebooks/solutions/ left by an earlier build is removed); make
+handout (exercises/make_handout.py) zips the students' notebooks and none of the solutions.
 
 The cells follow exercises/solutions/exNN_name.py, top to bottom:
 
@@ -31,7 +37,8 @@ import nbformat
 
 from exercises.make_stubs import HERE, Block, parse, render, solution_files
 
-OUT = HERE / "notebooks"
+OUT = HERE / "notebooks"                           # the students' notebooks
+SOLUTIONS_OUT = HERE / "solutions" / "notebooks"   # the solution notebooks (git-ignored)
 LABELS = re.compile(r"^(Paper|What to compute|What to build|Shapes)\b")
 
 SETUP = '''\
@@ -162,11 +169,19 @@ def source_name(source):
                 if isinstance(node, (ast.FunctionDef, ast.ClassDef)))
 
 
-def write_notebooks(out=OUT):
-    """Write every exercise's two notebooks under `out` -> the paths written."""
+def write_notebooks(out=OUT, solutions_out=SOLUTIONS_OUT):
+    """Write every exercise's students' notebook to the folder `out` and its solution
+    notebook to `solutions_out` (None: none) -> the paths written."""
     written = []
+    folders = [(out, True)] + ([(solutions_out, False)] if solutions_out is not None else [])
+    stale = out / "solutions"          # where earlier builds put the solution notebooks
+    if stale.is_dir() and solutions_out is not None and stale.resolve() != solutions_out.resolve():
+        for path in stale.glob("ex[0-9][0-9]_*.ipynb"):
+            path.unlink()
+        if not any(stale.iterdir()):
+            stale.rmdir()
     for path in solution_files():
-        for folder, stub in ((out, True), (out / "solutions", False)):
+        for folder, stub in folders:
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{path.stem}.ipynb"
             nbformat.write(notebook(path, stub), target)
@@ -178,11 +193,14 @@ def main(argv=None):
     parser = argparse.ArgumentParser(prog="python -m exercises.make_notebooks",
                                      description="Write the exercise notebooks from the solutions.")
     parser.add_argument("--out", type=pathlib.Path, default=OUT,
-                        help="the folder (default exercises/notebooks)")
+                        help="the students' notebooks' folder (default exercises/notebooks)")
+    parser.add_argument("--solutions-out", type=pathlib.Path, default=SOLUTIONS_OUT,
+                        help="the solution notebooks' folder (default "
+                             "exercises/solutions/notebooks)")
     args = parser.parse_args(argv)
-    written = write_notebooks(args.out)
+    written = write_notebooks(args.out, args.solutions_out)
     print(f"wrote {len(written) // 2} students' notebooks to {args.out}/ and the solution "
-          f"notebooks to {args.out / 'solutions'}/")
+          f"notebooks to {args.solutions_out}/")
     return 0
 
 

@@ -67,7 +67,7 @@ def executed(tmp_path_factory):
     if kernel_missing():
         pytest.skip("no Jupyter kernel named python3 (pip install ipykernel)")
     out = tmp_path_factory.mktemp("notebooks")
-    make_notebooks.write_notebooks(out)
+    make_notebooks.write_notebooks(out, solutions_out=out / "solutions")
     jobs, keys = [], []
     for name in NAMES:
         for kind, path in (("solution", out / "solutions" / f"{name}.ipynb"),
@@ -93,7 +93,8 @@ def test_the_solution_notebook_runs_clean(executed, name):
     assert checks, f"{name}: no check cell"
     for cell in checks:
         text = "".join(out.get("text", "") for out in cell.outputs)
-        assert re.search(r": all \d+ checks? pass", text), f"{name}, {cell.source}: {text}"
+        assert re.search(r": (all \d+ checks pass|its one check passes)", text), \
+            f"{name}, {cell.source}: {text}"
 
 
 @pytest.mark.parametrize("name", NAMES)
