@@ -64,8 +64,9 @@ def pattern(mask=1, axis=-1, subtract_max=True, mask_after=False):
         masked = scores + np.triu(np.full((P, P), -np.inf), k=mask)
         if subtract_max:
             masked = masked - masked.max(axis, keepdims=True)
-        weights = np.exp(masked)
-        return weights / weights.sum(axis, keepdims=True)
+        with np.errstate(over="ignore", invalid="ignore"):     # the mistakes' NaN is the point
+            weights = np.exp(masked)
+            return weights / weights.sum(axis, keepdims=True)
     return positional_pattern
 
 
