@@ -62,9 +62,9 @@ def pattern(mask=1, axis=-1, subtract_max=True, mask_after=False):
             weights = weights / weights.sum(-1, keepdims=True)
             return weights * np.tril(np.ones((P, P)))
         masked = scores + np.triu(np.full((P, P), -np.inf), k=mask)
-        if subtract_max:
-            masked = masked - masked.max(axis, keepdims=True)
         with np.errstate(over="ignore", invalid="ignore"):     # the mistakes' NaN is the point
+            if subtract_max:
+                masked = masked - masked.max(axis, keepdims=True)
             weights = np.exp(masked)
             return weights / weights.sum(axis, keepdims=True)
     return positional_pattern
