@@ -22,6 +22,7 @@ help:
 	@echo "make reproduce  train every model family, write report/index.html (natural text, 2 cores: 57 min with OpenBLAS's own kernels, ~75 with OPENBLAS_CORETYPE=Haswell; README)"
 	@echo "                SEEDS=3: seeds 0-2 of every model; ONLY=\"attn-only-1l attn-only-2l\": just those"
 	@echo "make reproduce-small   the same with small synthetic models (~3 min): report-small/index.html"
+	@echo "make natural-model   the natural-text 2-layer model exercises 06 and 16 also study (~3-4 min, once)"
 
 install:
 	$(PIP) install -q -e ".[dev]"
@@ -114,7 +115,7 @@ reproduce-small: install
 # the hints and the students' notebooks; no solutions (pip install -e ".[lab]" once unzipped).
 # CI needs no target of its own: tests/test_exercises.py, tests/test_exercise_notebooks.py and
 # tests/test_handout.py, part of make test, run the same checks, every notebook and the zip.
-.PHONY: exercise solutions notebooks handout
+.PHONY: exercise solutions notebooks handout natural-model
 EXERCISE_FAST ?= 1
 ifeq (exercise,$(firstword $(MAKECMDGOALS)))
 N ?= $(word 2,$(MAKECMDGOALS))
@@ -151,3 +152,11 @@ notebooks:
 handout:
 	$(notebook_deps)
 	$(PYTHON) -m exercises.make_handout
+
+# make natural-model trains, once, the natural-text model that exercises 06 and 16 also show
+# (exercises.common.natural_run): the attn-only-2l recipe of make train-2l stopped at 8M tokens,
+# a snapshot every 0.5M, kept in exercises/_output/runs/natural-2l (~3-4 min on 2 cores);
+# made already, it says where it is and which head is the induction head
+natural-model:
+	$(exercise_deps)
+	$(PYTHON) -m exercises.common

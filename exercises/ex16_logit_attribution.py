@@ -155,3 +155,71 @@ if __name__ == "__main__":
     right.set(ylabel="log-prob of the correct token", title="logit lens")
     right.legend()
     common.save(fig, "ex16_logit_attribution")
+
+    # The same on natural text: the README's 2-layer model (common.natural_run), on held-out
+    # passages of Python's standard library in which an identifier of 8+ bytes comes twice.
+    # Its bytes after the first can be predicted at the second occurrence by looking back.
+    import re
+    print("\nOn natural text (the README's attn-only-2l, held-out Python source):")
+    natural = common.natural_run(make=False)
+    if natural is None:
+        print(common.natural_missing())
+    else:
+        text_model = natural.model(dtype=np.float64)
+        identifier = re.compile(rb"(?<![A-Za-z0-9_])[A-Za-z_][A-Za-z0-9_]{7,}")
+        cases = []                              # (row of the eval set, identifier, its 2 starts)
+        for row, window in enumerate(natural.eval_tokens):
+            starts = {}
+            for match in identifier.finditer(bytes(window.astype(np.uint8))):
+                starts.setdefault(match.group(), []).append(match.start())
+            twice = [(name, at) for name, at in starts.items()
+                     if len(at) == 2 and at[1] - at[0] >= 20]
+            if twice:
+                cases.append((row, *twice[0]))
+            if len(cases) == 32:
+                break
+        text = natural.eval_tokens[[row for row, _, _ in cases]].astype(np.int64)
+        text_logits, text_cache = text_model.run_with_cache(text)
+        parts = direct_logit_attribution(text_model, text_cache, text)
+        correct = np.take_along_axis(text_logits[:, :-1], text[:, 1:, None], -1)[..., 0]
+        gap = np.abs(parts.total() - correct).max()
+        print(f"{len(cases)} passages; the parts sum to the model's logit: largest gap {gap:.1e}  "
+              f"{'ok' if gap < 1e-6 else 'WRONG'}")
+        # predictions made at an occurrence's bytes 0 .. n-2: its bytes 1 .. n-1 predicted
+        inside = [[np.arange(at[k], at[k] + len(name) - 1) for _, name, at in cases]
+                  for k in (0, 1)]                      # [occurrence][passage]: predictions
+        by_occurrence = np.stack([np.mean([parts.heads[:, :, b, t].mean(-1) for b, t in
+                                           enumerate(inside[k])], axis=0) for k in (0, 1)])
+        shifted = text_logits - text_logits.max(-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+        own = np.take_along_axis(log_probs[:, :-1], text[:, 1:, None], -1)[..., 0]
+        _, name, at = cases[0]
+        passage = bytes(text[0, max(0, at[0] - 30):at[1] + len(name) + 10].astype(np.uint8))
+        print(f"one of them: {name.decode()!r} twice in {passage.decode('utf-8', 'replace')!r}")
+        once, again = (np.mean([own[b, t].mean() for b, t in enumerate(inside[k])])
+                       for k in (0, 1))
+        print(f"the model's log-prob of an identifier's bytes after its first: {once:+.2f} at "
+              f"its first occurrence, {again:+.2f} at its second")
+        text_classes = HeadScores.of_run(natural).classes
+        cfg = text_model.config
+        text_names = [f"{l}.{h}" for l in range(cfg.n_layers) for h in range(cfg.n_heads)]
+        for name, a, b, kind in zip(text_names, by_occurrence[0].ravel(), by_occurrence[1].ravel(),
+                                    text_classes.ravel()):
+            print(f"head {name}: writes the correct byte {a:+.2f} (first occurrence)  {b:+.2f} "
+                  f"(second)   {kind}")
+        top = np.unravel_index(np.argmax(by_occurrence[1] - by_occurrence[0]),
+                               by_occurrence.shape[1:])
+        verdict = ("ok" if text_classes[top] == "induction"
+                   else f"WRONG: HeadScores classes it {text_classes[top]}, not induction")
+        print(f"the head that writes the second occurrence most over the first: "
+              f"{top[0]}.{top[1]}  {verdict}")
+        fig, ax = plt.subplots(figsize=(9, 4))
+        x = np.arange(len(text_names))
+        ax.bar(x - 0.2, by_occurrence[0].ravel(), 0.4, label="first occurrence")
+        ax.bar(x + 0.2, by_occurrence[1].ravel(), 0.4, label="second occurrence")
+        ax.set_xticks(x, [f"head {n}\n{k}" for n, k in zip(text_names, text_classes.ravel())])
+        ax.axhline(0, color="k", lw=0.5)
+        ax.set(ylabel="direct logit attribution (logit)",
+               title="natural text: a repeated identifier's bytes, what each head writes")
+        ax.legend()
+        common.save(fig, "ex16_logit_attribution_natural")

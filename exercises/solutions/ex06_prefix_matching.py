@@ -76,3 +76,49 @@ if __name__ == "__main__":
            title="induction heads form in a phase change", ylim=(0, 1))
     ax.legend()
     common.save(fig, "ex06_prefix_matching")
+
+    # The same on natural text: the README's 2-layer model (common.natural_run), trained on
+    # bytes of Python's standard library with nothing planted, a snapshot every 0.5M tokens.
+    from circuits import HeadScores
+    from circuits.scores import HEAD_SAMPLE, PREFIX_MATCHING_THRESHOLD
+    print("\nOn natural text (the README's attn-only-2l: bytes of Python's standard library, "
+          "nothing planted):")
+    natural = common.natural_run(make=False)
+    if natural is None:
+        print(common.natural_missing())
+    else:
+        s = HEAD_SAMPLE                      # BOS + 25 x 4, 10 examples: what HeadScores reads
+        text_tokens = repeated_random_tokens(s.n_examples, s.length, s.repeats,
+                                             natural.token_counts, seed=s.seed)
+        text_curves = np.stack([prefix_matching_score(natural.model(step), text_tokens,
+                                                      s.length, s.repeats)
+                                for step in natural.snapshot_steps])       # (S, L, H)
+        millions = [natural.tokens_at(step) / 1e6 for step in natural.snapshot_steps]
+        for layer in range(text_curves.shape[1]):
+            for head in range(text_curves.shape[2]):
+                print(f"head {layer}.{head}: prefix matching "
+                      + " ".join(f"{v:.2f}" for v in text_curves[:, layer, head]))
+        print("(one number per snapshot, at", ", ".join(f"{t:.1f}M" for t in millions), "tokens)")
+        scores = HeadScores.of_run(natural)             # the tools' scores of the final weights
+        gap = np.abs(text_curves[-1] - scores.prefix_matching).max()
+        print(f"your scores of the final weights against HeadScores.prefix_matching: largest "
+              f"gap {gap:.1e}  {'ok' if gap < 1e-5 else 'WRONG'}")
+        top = np.unravel_index(np.argmax(text_curves[-1]), text_curves.shape[1:])
+        rise = text_curves[:, top[0], top[1]]
+        half = int(np.argmax(rise >= (rise[0] + rise[-1]) / 2))
+        kind = scores.classes[top]
+        formed = rise[0] < PREFIX_MATCHING_THRESHOLD <= rise[-1]
+        verdict = ("ok" if kind == "induction" and formed else
+                   f"WRONG: HeadScores classes it {kind}" if kind != "induction" else
+                   f"WRONG: it did not rise past {PREFIX_MATCHING_THRESHOLD}")
+        print(f"the head that prefix-matches most at the end: {top[0]}.{top[1]}, "
+              f"{rise[0]:.2f} -> {rise[-1]:.2f}, half of its rise by {millions[half]:.1f}M "
+              f"tokens; HeadScores classes it {kind}  {verdict}")
+        fig, ax = plt.subplots(figsize=(7, 4))
+        for layer in range(text_curves.shape[1]):
+            for head in range(text_curves.shape[2]):
+                ax.plot(millions, text_curves[:, layer, head], "o-", label=f"head {layer}.{head}")
+        ax.set(xlabel="training tokens (millions)", ylabel="prefix-matching score", ylim=(0, 1),
+               title="on natural text: the induction head forms at a few million tokens")
+        ax.legend()
+        common.save(fig, "ex06_prefix_matching_natural")
