@@ -18,7 +18,8 @@ What to compute (model without LayerNorm; row vectors, x @ W):
 
          W[t, t'] = sum_k p_k  W_E[t] W_Q W_K^T (W_OV^k)^T W_E[t']^T      (V, V)
 
-     over the heads k of earlier layers, p = previous_token_scores (L, H). Return its
+     over every head k of every earlier layer (0 .. layer - 1), p = previous_token_scores
+     (L, H), indexed [layer, head]. Return its
      trace and trace / ||W||_F. A positive trace: the head prefers keys whose previous
      token equals the present token, which is prefix matching.
 
@@ -30,12 +31,16 @@ Where the transposes come from: the key of head b at position j reads x_j; head 
 
     x_i W_QK^b (x_{j-1} W_OV^a)^T = x_i W_QK^b W_OV^a^T x_{j-1}^T.
 
+The run checks itself against circuits.composition_scores and circuits.prev_token_qk_trace
+on the trained model, and says WRONG where yours differ.
+
 Run: python -m exercises.ex10_k_composition    Check: make exercise N=10
-Hints, one step at a time: python -m exercises.hint 10 (then --step 2)
+Hints, one step at a time: python -m exercises.hint 10 (then --step 2, --step 3)
 """
 import numpy as np
 
-from circuits import HeadScores, composition_baseline
+from circuits import (HeadScores, composition_baseline, composition_scores,
+                      prev_token_qk_trace)
 from exercises import common
 
 
@@ -77,13 +82,28 @@ if __name__ == "__main__":
     previous = HeadScores.of_run(run).previous_token     # as circuits.eigen weighs the trace
     scores = k_composition_scores(model, 1, 0)
     baseline = composition_baseline(cfg.d_model, cfg.d_head)
+    engine = composition_scores(model)["K"][1, :, 0, :]              # [later head, earlier head]
+    engine_trace, engine_normalised = prev_token_qk_trace(model, previous)
+    right = np.shape(scores) == engine.shape and np.allclose(scores, engine, rtol=1e-6)
+    if not right:
+        print(f"WRONG: your K-composition scores differ from circuits.composition_scores"
+              f"(model)['K'][1, :, 0, :]: yours {np.round(scores, 3).tolist()}, circuits' "
+              f"{np.round(engine, 3).tolist()}")
     for b in range(cfg.n_heads):
         trace, normalised = prev_token_trace(model, 1, b, previous)
         print(f"head 1.{b}: K-composition with " + ", ".join(
             f"0.{a} {scores[b, a]:.2f}" for a in range(cfg.n_heads))
               + f" (random: {baseline:.2f});  Id x h_prev x W trace {trace:+.3g}, "
                 f"normalised {normalised:+.2f}")
+        if not np.allclose([trace, normalised], [engine_trace[1, b], engine_normalised[1, b]],
+                           rtol=1e-6):
+            right = False
+            print(f"WRONG: circuits.prev_token_qk_trace gives head 1.{b} trace "
+                  f"{engine_trace[1, b]:+.3g}, normalised {engine_normalised[1, b]:+.2f}")
     print("previous-token scores of layer 0:", np.round(previous[0], 2))
+    if right:
+        print("ok     your scores and traces are circuits' (composition_scores, "
+              "prev_token_qk_trace)")
     fig, ax = plt.subplots(figsize=(4.5, 3.8))
     image = ax.imshow(scores, cmap="Reds", vmin=0)
     ax.set_xticks(range(cfg.n_heads), [f"0.{a}" for a in range(cfg.n_heads)])

@@ -18,7 +18,8 @@ What to compute (model without LayerNorm; row vectors, x @ W):
 
          W[t, t'] = sum_k p_k  W_E[t] W_Q W_K^T (W_OV^k)^T W_E[t']^T      (V, V)
 
-     over the heads k of earlier layers, p = previous_token_scores (L, H). Return its
+     over every head k of every earlier layer (0 .. layer - 1), p = previous_token_scores
+     (L, H), indexed [layer, head]. Return its
      trace and trace / ||W||_F. A positive trace: the head prefers keys whose previous
      token equals the present token, which is prefix matching.
 
@@ -30,12 +31,16 @@ Where the transposes come from: the key of head b at position j reads x_j; head 
 
     x_i W_QK^b (x_{j-1} W_OV^a)^T = x_i W_QK^b W_OV^a^T x_{j-1}^T.
 
+The run checks itself against circuits.composition_scores and circuits.prev_token_qk_trace
+on the trained model, and says WRONG where yours differ.
+
 Run: python -m exercises.ex10_k_composition    Check: make exercise N=10
-Hints, one step at a time: python -m exercises.hint 10 (then --step 2)
+Hints, one step at a time: python -m exercises.hint 10 (then --step 2, --step 3)
 """
 import numpy as np
 
-from circuits import HeadScores, composition_baseline
+from circuits import (HeadScores, composition_baseline, composition_scores,
+                      prev_token_qk_trace)
 from exercises import common
 
 
@@ -58,11 +63,17 @@ def qk_matrices(model, layer):
 def k_composition_scores(model, later, earlier):
     """-> (H, H) [later head b, earlier head a]."""
     # BEGIN SOLUTION: ||W_OV^a (W_QK^b)^T|| over the product of the norms, every pair
-    # Hint 1: `np.linalg.norm(M, axis=(-2, -1))` is the Frobenius norm of each matrix of a
-    #   stack. Broadcasting forms every pair at once: `ov[None]` is (1, a, D, D),
-    #   `qk[:, None]` (b, 1, D, D).
-    # Hint 2: `product = ov[None] @ qk.transpose(0, 2, 1)[:, None]` is (b, a, D, D); divide
-    #   its norms by `norm(qk)[:, None] * norm(ov)[None, :]`.
+    # Hint 1: one number per pair of heads: the Frobenius norm of a D x D product over the
+    #   product of two norms. Which matrix comes first, which one is transposed, and which
+    #   axis of the result is the later head b?
+    # Hint 2: head a writes first (x W_OV^a), then b's keys read it through its QK matrix
+    #   transposed, as the docstring's last lines show. `np.linalg.norm(M, axis=(-2, -1))`
+    #   is the Frobenius norm of each matrix of a stack, and broadcasting forms every pair
+    #   at once: earlier heads on axis 1 (`ov[None]` is (1, a, D, D)), later heads on axis 0
+    #   (`qk[:, None]`). Each pair's norm is divided by its own two norms, b's and a's.
+    # Hint 3: `product = ov[None] @ qk.transpose(0, 2, 1)[:, None]` (b, a, D, D), then
+    #   `norm = lambda m: np.linalg.norm(m, axis=(-2, -1))` and
+    #   `return norm(product) / (norm(qk)[:, None] * norm(ov)[None, :])`.
     ov, qk = ov_matrices(model, earlier), qk_matrices(model, later)       # (H, D, D) each
     product = ov[None] @ qk.transpose(0, 2, 1)[:, None]                   # (b, a, D, D)
     norm = lambda m: np.linalg.norm(m, axis=(-2, -1))
@@ -75,11 +86,19 @@ def prev_token_trace(model, layer, head, previous_token_scores):
     p = _params(model)
     W_E, a = p["embed.W_E"], f"blocks.{layer}.attn."
     # BEGIN SOLUTION: the trace of W and its norm, never forming W for the trace
-    # Hint 1: sum the earlier heads first: `S = sum_k p_k (W_OV^k)^T` (D, D), over every
-    #   head k of layers 0 .. layer - 1. Then W is a (V, E) factor times an (E, V) one:
-    #   `(W_E W_Q) (W_K^T S W_E^T)` with this head's W_Q and W_K.
-    # Hint 2: for X (V, E) and Y (E, V), `trace(X Y) = sum(X * Y^T)`: no V x V matrix. The
-    #   norm does need the product: `np.linalg.norm(X @ Y)`.
+    # Hint 1: W is V x V, but only its trace and its norm are asked for. Which heads k
+    #   count, and how much each? Can the sum over k be done before the embeddings are
+    #   multiplied in?
+    # Hint 2: sum the earlier heads first: S = sum_k p_k (W_OV^k)^T (D, D), over every head k
+    #   of layers 0 .. layer - 1 (p is indexed [layer, head]). Then W is a (V, E) factor X
+    #   times an (E, V) factor Y: the present token through this head's W_Q, and S read by
+    #   its W_K, transposed, ending in the embedding transposed. For X (V, E) and
+    #   Y (E, V), trace(X Y) = sum(X * Y^T): no V x V matrix. The norm does need the product.
+    # Hint 3: `shifted = sum(np.einsum("h,hde->ed", previous_token_scores[k],
+    #   ov_matrices(model, k)) for k in range(layer))`, `left = W_E @ p[a + "W_Q"][head]`,
+    #   `right = p[a + "W_K"][head].T @ shifted @ W_E.T`,
+    #   `trace = float(np.sum(left * right.T))`, and
+    #   `return trace, trace / float(np.linalg.norm(left @ right))`.
     shifted = sum(np.einsum("h,hde->ed", previous_token_scores[k], ov_matrices(model, k))
                   for k in range(layer))                                 # (D, D)
     left = W_E @ p[a + "W_Q"][head]                                       # (V, E)
@@ -97,13 +116,28 @@ if __name__ == "__main__":
     previous = HeadScores.of_run(run).previous_token     # as circuits.eigen weighs the trace
     scores = k_composition_scores(model, 1, 0)
     baseline = composition_baseline(cfg.d_model, cfg.d_head)
+    engine = composition_scores(model)["K"][1, :, 0, :]              # [later head, earlier head]
+    engine_trace, engine_normalised = prev_token_qk_trace(model, previous)
+    right = np.shape(scores) == engine.shape and np.allclose(scores, engine, rtol=1e-6)
+    if not right:
+        print(f"WRONG: your K-composition scores differ from circuits.composition_scores"
+              f"(model)['K'][1, :, 0, :]: yours {np.round(scores, 3).tolist()}, circuits' "
+              f"{np.round(engine, 3).tolist()}")
     for b in range(cfg.n_heads):
         trace, normalised = prev_token_trace(model, 1, b, previous)
         print(f"head 1.{b}: K-composition with " + ", ".join(
             f"0.{a} {scores[b, a]:.2f}" for a in range(cfg.n_heads))
               + f" (random: {baseline:.2f});  Id x h_prev x W trace {trace:+.3g}, "
                 f"normalised {normalised:+.2f}")
+        if not np.allclose([trace, normalised], [engine_trace[1, b], engine_normalised[1, b]],
+                           rtol=1e-6):
+            right = False
+            print(f"WRONG: circuits.prev_token_qk_trace gives head 1.{b} trace "
+                  f"{engine_trace[1, b]:+.3g}, normalised {engine_normalised[1, b]:+.2f}")
     print("previous-token scores of layer 0:", np.round(previous[0], 2))
+    if right:
+        print("ok     your scores and traces are circuits' (composition_scores, "
+              "prev_token_qk_trace)")
     fig, ax = plt.subplots(figsize=(4.5, 3.8))
     image = ax.imshow(scores, cmap="Reds", vmin=0)
     ax.set_xticks(range(cfg.n_heads), [f"0.{a}" for a in range(cfg.n_heads)])
