@@ -15,22 +15,27 @@ one-hot subspaces, each a block of coordinates:
     OUT   [2V + P, 3V + P) the predicted next token  written by head 1.0, read by W_U (given)
 
 Head 0.0 (previous-token head): the query at position i must score key i - 1 highest (a
-score of `big` against 0); it copies the key's TOKEN into PREV.
+score of `big` against 0, from the positions alone); it copies the key's TOKEN into PREV
+(weight 1).
 Head 1.0 (induction head): the query's TOKEN must match the key's PREV (score `big` when
-equal); it copies the key's TOKEN into OUT, where W_U turns it into a logit.
+equal, 0 otherwise); it copies the key's TOKEN into OUT (weight 1), where W_U turns it into
+a logit.
 
 Shapes: W_Q, W_K, W_V of a head are (D, E), W_O (E, D); here D = 3V + P and d_head
 E = max(V, P), so a head's E coordinates can index a token or a position.
 
-The score is (x_i W_Q) . (x_j W_K) / sqrt(E), and `big` is given. Afterwards compare
-with circuits.handmade.induction_model, which builds the same circuit.
+The score is (x_i W_Q) . (x_j W_K) / sqrt(E), and `big` is given. The checks compare each
+head's two circuits, W_Q W_K^T and W_V W_O (D x D), with those of
+circuits.handmade.induction_model, which builds the same circuit, and say which head,
+which circuit and which subspaces are wrong; then they run your model. So does the run: it
+says WRONG where yours differs.
 
 Run: python -m exercises.ex11_handmade_induction    Check: make exercise N=11
-Hints, one step at a time: python -m exercises.hint 11 (then --step 2)
+Hints, one step at a time: python -m exercises.hint 11 (then --step 2, --step 3)
 """
 import numpy as np
 
-from circuits import repeated_random_tokens
+from circuits import induction_model, ov_circuit, qk_circuit, repeated_random_tokens
 from exercises import common
 from minitransformer import Model
 from minitransformer.config import ModelConfig
@@ -75,6 +80,23 @@ if __name__ == "__main__":
     tokens = repeated_random_tokens(16, length, 3, d_vocab=32, seed=0)
     first, later = second_copy_accuracy(model, tokens, length)
     print(f"next-token accuracy: first copy {first:.2f} (chance ~ 1/31), later copies {later:.2f}")
+    wrong = []
+    if not later > 0.99:
+        wrong.append(f"the later copies are predicted {later:.0%} of the time, not ~100%")
+    if not first < 0.5:
+        wrong.append(f"the first copy is predicted {first:.0%} of the time: random tokens "
+                     f"cannot be predicted before they repeat")
+    engine = induction_model()                          # the same circuit, built by circuits
+    for layer, head in ((0, "previous-token head"), (1, "induction head")):
+        for name, circuit in (("QK", qk_circuit), ("OV", ov_circuit)):
+            gap = np.abs(circuit(model, layer).AB - circuit(engine, layer).AB).max()
+            if gap > 1e-9:
+                wrong.append(f"head {layer}.0's {name} circuit ({head}) differs from "
+                             f"circuits.induction_model's by up to {gap:.3g}")
+    for text in wrong:
+        print(f"WRONG: {text}")
+    if not wrong:
+        print("ok     it copies, and its four circuits are circuits.induction_model's")
     _, cache = model.run_with_cache(tokens)
     losses = model.per_token_loss(tokens).mean(0)
     fig, axes = plt.subplots(1, 3, figsize=(13, 4))
