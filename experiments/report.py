@@ -1,6 +1,8 @@
 """The Model Analysis Table as one HTML page (report/index.html) with its PNG figures, from a
-sweep's runs (experiments.sweep), and every head's attention to hover over
-(experiments.attention_view). Opens in a browser from disk, no server.
+sweep's runs (experiments.sweep), every head's attention to hover over
+(experiments.attention_view), and for each model with 2+ layers a page that moves through
+every snapshot (experiments.explore: report/explore/<model>.html). Opens in a browser from
+disk, no server.
 
     python -m experiments.report                      # runs/sweep -> report/
     python -m experiments.report --small              # runs/sweep-small -> report-small/
@@ -22,7 +24,7 @@ from minitransformer.cpu import command_settings
 from minitransformer.io import atomic_write_text, cannot_write, error, output_file
 from minitransformer.runs import Run
 
-from . import attention_view, claims, figures, seeds, table
+from . import attention_view, claims, explore, figures, seeds, table
 from .measure import cached_measurements, measure_run
 from .sweep import RECIPES, add_recipe_argument, default_root, finished, jobs_for
 from .timeseries import icl_curve, index_pairs
@@ -219,12 +221,34 @@ def build(root, jobs, out, log=print, colour="class", measure=True, device="cpu"
         figures.table_figure(members, figures.ROWS, path, colour=colour)
         body.append(_img(path, out, f"{family} table"))
         body += _family_extras(family, members, models, out)
+    body.append(explorer_section(list(models.values()), out, log))
     body.append(attention_view.section(list(models.values())))
     page = ("<!doctype html><html><head><meta charset='utf-8'><title>Model Analysis Table</title>"
             f"<style>{CSS}</style></head><body>" + "\n".join(body) +
             "<h2>Printed summary</h2><pre>" + html.escape("\n".join(lines)) + "</pre></body></html>")
     atomic_write_text(out / "index.html", page)
     return out / "index.html", lines, checks
+
+
+def explorer_section(analyses, out, log=None):
+    """For every model with 2+ layers (analyses: table.ModelAnalysis), its experiments.explore
+    page, out/explore/<name>.html, and the list linking them."""
+    items = []
+    for m in analyses:
+        if m.run.config.n_layers < 2:
+            continue
+        size = explore.write_explorer(m.run, out / "explore" / f"{m.name}.html", m.measurements, log)
+        items.append(f"<li><a href='explore/{html.escape(m.name)}.html'>{html.escape(m.name)}</a>: "
+                     f"{len(m.measurements.steps)} snapshots, {size / 1e3:,.0f} KB</li>")
+    if not items:
+        return ""
+    return ("<h2>Watch it form: every snapshot, one page a model</h2><p>For each model with two "
+            "or more layers, a page with a slider (and the arrow keys, and play) through every "
+            "snapshot: every head's attention on a passage of eval text with a repeated identifier, "
+            "the head classes, and the curves of prefix matching, the ICL score and the eval loss "
+            "with a cursor at the snapshot and the phase-change window shaded "
+            "(<code>python -m experiments.explore RUN</code> makes one for any run).</p><ul>"
+            + "".join(items) + "</ul>")
 
 
 def first_n_ctx(models):
