@@ -79,12 +79,10 @@ def test_the_wrong_layer_is_named(monkeypatch):
     assert "layer 0's heads: use the `layer` given" in message, message
 
 
-def test_a_missing_transpose_would_pass_on_square_shapes():
-    """Why the check's sizes differ: with d_vocab = d_model the tied unembedding has W_U's
-    shape; with d_head = d_model the paper's order W_O W_V would even run. Here the
-    column-vector order runs (its shapes chain) and is named by its value."""
-    model = checks.random_model()
-    A, B = factors("column-vector order")(model, 1)
+def test_the_column_vector_order_runs_so_only_its_value_names_it():
+    """W_E W_O^T and W_V^T W_U chain (their shapes are A's and B's): no error catches the
+    paper's order transcribed; the check names it by the product it gives."""
+    A, B = factors("column-vector order")(checks.random_model(), 1)
     assert A.shape == (3, 40, 4) and B.shape == (3, 4, 40)
 
 
