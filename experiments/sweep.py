@@ -8,25 +8,33 @@
 A job trains one model (resuming a partial run, skipping a finished one) and then measures
 every snapshot (experiments.measure, cached beside the run). Jobs run in a local process
 pool, one BLAS thread each (two single-threaded jobs beat one two-threaded one on this
-engine), or on a Dask distributed cluster whose workers see the same --root directory.
+engine), or on a Dask distributed cluster whose workers see the same --root directory: there
+each job's output (its progress, throttled, and its measurement steps) comes back to the client
+as Dask events, printed prefixed with the job's name.
 Starting an interrupted sweep again skips everything already done. Seed k of a model
 (TrainConfig.seed: its initialisation and its data order; the eval set is the same for all)
 goes to root/NAME for k = 0 and to root/NAME-seed<k> otherwise.
 """
 import argparse
 import concurrent.futures
+import contextlib
 import dataclasses
+import math
 import multiprocessing
 import os
 import pathlib
+import re
 import sys
+import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 from minitransformer.backend import add_device_argument
 from minitransformer.cpu import command_settings
 from minitransformer.presets import apply_overrides, preset
 from minitransformer.runs import Run, run_file, run_lock
+from minitransformer import train as train_module
 from minitransformer.train import train
 
 
@@ -150,7 +158,7 @@ def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print, de
     """Every job, in a local process pool (one BLAS thread each) or on the Dask cluster at
     `scheduler` ('tcp://host:port', or a distributed.Client / LocalCluster), on `device`.
     Returns the status lines; a failed job is reported and the others go on (raised at
-    the end)."""
+    the end). On a cluster, `log` also gets each job's output lines from its worker."""
     pathlib.Path(root).mkdir(parents=True, exist_ok=True)
     jobs, failures, lines = order(jobs), [], []
     if scheduler is None:
@@ -165,27 +173,175 @@ def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print, de
     else:
         from distributed import Client, as_completed
         client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
+        held = threading.Lock()        # the client's event thread and this one both log
+
+        def say(line):
+            with held:
+                log(line)
+
+        # this sweep's own topic: another client of the same scheduler does not see its lines
+        topic = f"experiments.sweep-{uuid.uuid4().hex}"
+        client.subscribe_topic(topic, lambda event: say(f"{event[1]['job']}: {event[1]['line']}"))
         try:
-            futures = {client.submit(run_job, job, str(pathlib.Path(root).resolve()), measure,
-                                     True, device, key=f"sweep-{job.folder}-{time.time_ns()}", pure=False): job
+            futures = {client.submit(_run_on_worker, job, str(pathlib.Path(root).resolve()), measure,
+                                     device, topic, key=f"sweep-{job.folder}-{time.time_ns()}", pure=False): job
                        for job in jobs}
+            # a job's events reach the client before its result (one ordered stream each way)
             for future in as_completed(list(futures)):
-                _collect(future, futures[future], lines, failures, log)
+                _collect(future, futures[future], lines, failures, say)
         finally:
+            with contextlib.suppress(Exception):
+                client.unsubscribe_topic(topic)
             if client is not scheduler:
                 client.close()
     if failures:
-        raise RuntimeError("; ".join(failures))
+        raise RuntimeError(f"{len(failures)} of {len(jobs)} jobs failed: " + "; ".join(failures))
     return lines
 
 
 def _collect(future, job, lines, failures, log):
     try:
         lines.append(future.result())
-        log(lines[-1])
     except Exception as e:   # noqa: BLE001 (reported with the job's name, the others go on)
-        failures.append(f"{job.folder}: {e}")
-        log(f"{job.folder}: FAILED: {e}")
+        failures.append(f"{job.folder}: {_one_line(e)}")
+        log(f"{job.folder}: failed: {_one_line(e)}")
+    else:
+        log(lines[-1])
+
+
+def _one_line(error):
+    """An exception as one line: its message, named by its type unless a ValueError (the
+    one-line errors of this project)."""
+    text = " ".join(str(error).split())
+    if not text:
+        return type(error).__name__
+    return text if type(error) is ValueError else f"{type(error).__name__}: {text}"
+
+
+# ---- a job's output on a Dask worker, sent to the client ------------------------------------
+
+PROGRESS_EVERY = 5.0     # seconds between a job's live progress lines at the client; whole lines all go
+_ESCAPES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _run_on_worker(job, root, measure, device, topic):
+    """run_job on a Dask worker; what it prints goes as lines to the client subscribed to
+    `topic` (Worker.log_event: through the scheduler, in order, before the job's result) and to
+    the worker's own stderr."""
+    from distributed import get_worker
+    worker = get_worker()
+    out = pathlib.Path(root) / job.folder
+
+    def send(line):
+        _STREAMS.saved[1].write(f"{job.folder}: {line}\n")
+        worker.log_event(topic, {"job": job.folder, "line": line})
+
+    with _output_as_lines(_JobLines(send, (f"{out}: ", f"{job.folder}: "))):
+        return run_job(job, root, measure, True, device)
+
+
+class _JobLines:
+    """What one job writes to stdout and stderr, as lines without the job's name: each whole
+    line (the run's header, the measurement steps, the last progress line of the training),
+    and the live progress line (rewritten after a carriage return, as on a terminal) at most
+    once per PROGRESS_EVERY seconds."""
+
+    def __init__(self, send, prefixes):
+        self.send, self.prefixes = send, prefixes
+        self.partial, self.live, self.sent, self.live_sent_at = "", False, None, -math.inf
+
+    def write(self, text):
+        for piece in re.split(r"([\r\n])", text):
+            if piece == "\n":
+                self._send(self.partial)
+                self.partial, self.live = "", False
+            elif piece == "\r":
+                self.partial, self.live = "", True
+            else:
+                self.partial += piece
+        if self.live and time.monotonic() - self.live_sent_at >= PROGRESS_EVERY:
+            if self._send(self.partial):
+                self.live_sent_at = time.monotonic()
+        return len(text)
+
+    def _send(self, line):
+        line = _ESCAPES.sub("", line).rstrip()
+        for prefix in self.prefixes:
+            if line.startswith(prefix):
+                line = line[len(prefix):]
+                break
+        if line and line != self.sent:
+            self.sent = line
+            self.send(line)
+            return True
+        return False
+
+
+class _ThreadStream:
+    """sys.stdout or sys.stderr of a worker process while jobs run in it: what a job's thread
+    writes goes to its _JobLines (a terminal to train's Progress, which then writes live
+    lines), what any other thread writes to the stream this one stands in for."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def _job(self):
+        return _STREAMS.jobs.get(threading.get_ident())
+
+    def write(self, text):
+        job = self._job()
+        return job.write(text) if job else self.stream.write(text)
+
+    def flush(self):
+        if not self._job():
+            self.stream.flush()
+
+    def isatty(self):
+        return True if self._job() else self.stream.isatty()
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
+
+
+class _Progress(train_module.Progress):
+    """train's Progress for a job on a worker: it writes to sys.stderr as it is when the bar is
+    made (train.Progress's default stream is the one of import time, the worker's own), and a
+    live bar also redraws its line at every snapshot, so its first line is step 0 (its rate
+    counted from there) and its last one the end of the training."""
+
+    def __init__(self, *args, stream=None, **kwargs):
+        super().__init__(*args, stream=sys.stderr if stream is None else stream, **kwargs)
+
+    def snapshot(self, step, loss, lr):
+        super().snapshot(step, loss, lr)
+        if self.live:
+            self.stream.write("\r" + self.line(step, loss, lr) + "\033[K")
+
+
+class _STREAMS:
+    """The worker process's state: the jobs running in it by thread, and what was replaced."""
+    lock = threading.Lock()
+    jobs = {}         # thread id -> _JobLines
+    saved = None      # (sys.stdout, sys.stderr, train.Progress) while any job runs
+
+
+@contextlib.contextmanager
+def _output_as_lines(job_lines):
+    """Within the block, this thread's stdout and stderr go to job_lines; the worker's streams
+    are replaced while any job runs in the process and put back after the last one."""
+    with _STREAMS.lock:
+        if not _STREAMS.jobs:
+            _STREAMS.saved = sys.stdout, sys.stderr, train_module.Progress
+            sys.stdout, sys.stderr = _ThreadStream(sys.stdout), _ThreadStream(sys.stderr)
+            train_module.Progress = _Progress
+        _STREAMS.jobs[threading.get_ident()] = job_lines
+    try:
+        yield
+    finally:
+        with _STREAMS.lock:
+            del _STREAMS.jobs[threading.get_ident()]
+            if not _STREAMS.jobs:
+                sys.stdout, sys.stderr, train_module.Progress = _STREAMS.saved
 
 
 def build_parser():

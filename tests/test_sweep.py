@@ -112,6 +112,44 @@ def test_the_same_jobs_run_on_a_dask_local_cluster_seed_by_seed(tmp_path):
     assert missing == [] and [m.seed for m in seeds.by_model(models.values())["attn-only-2l"]] == [0, 1]
 
 
+def test_a_dask_sweep_shows_progress_summaries_and_failures_at_the_client(tmp_path):
+    distributed = pytest.importorskip("distributed")
+    good = JOBS[1]                                                             # attn-only-2l
+    missing = tmp_path / "no-such-corpus.txt"                 # fails on the worker, not here
+    bad = sweep.Job("broken-1l", "tiny", TINY + ("n_layers=1", f"corpus={missing}"), "attn-only")
+    lines = []
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=None) as cluster:
+        with pytest.raises(RuntimeError, match="^1 of 2 jobs failed: broken-1l: --corpus"):
+            sweep.run_sweep([good, bad], tmp_path, scheduler=cluster.scheduler_address,
+                            log=lines.append)
+    # the worker's lines, named by their job: the run's header, its progress (tokens, tok/s,
+    # ETA), its measurement steps; then the summary line a local sweep prints
+    ours = [line for line in lines if line.startswith("attn-only-2l: ")]
+    assert re.fullmatch(r"attn-only-2l: .* \d+ steps of 256 tokens, 4 snapshots", ours[0])
+    progress = [line for line in ours if re.fullmatch(
+        r"attn-only-2l: step +\d+/\d+ +[\d.]+M tokens +[\d,]+ tok/s +loss [\d.]+ +lr \S+ +ETA \S+", line)]
+    assert progress and progress[-1].startswith("attn-only-2l: step    118/118")
+    assert any(re.fullmatch(r"attn-only-2l: measured 4/4 snapshots, \d+ s", line) for line in ours)
+    summary = [line for line in lines if line.startswith(f"{tmp_path / 'attn-only-2l'}: ")]
+    assert len(summary) == 1 and summary[0].startswith(f"{tmp_path / 'attn-only-2l'}: trained, measured in ")
+    assert lines.index(summary[0]) > lines.index(ours[-1])                # after its job's lines
+    assert f"broken-1l: failed: --corpus {missing}: no such file or folder" in lines
+    assert Run(tmp_path / "attn-only-2l").tokens >= 30_000
+    assert not (tmp_path / "broken-1l" / "run.npz").exists()
+
+
+def test_a_jobs_output_on_a_worker_goes_as_whole_lines_and_throttled_progress(monkeypatch):
+    monkeypatch.setattr(sweep, "PROGRESS_EVERY", 3600.0)
+    sent = []
+    out = sweep._JobLines(sent.append, ("/runs/m: ", "m: "))
+    for text in ("/runs/m: 10 steps\n", "\rstep 1/10\x1b[K", "\rstep 2/10\x1b[K", "\rstep 10/10\x1b[K",
+                 "\n", "m: measured 4/4 snapshots, 0 s\n", "a warning", " in two writes\n"):
+        out.write(text)
+    assert sent == ["10 steps", "step 1/10", "step 10/10", "measured 4/4 snapshots, 0 s",
+                    "a warning in two writes"]
+
+
 def test_seeds_flag_names_every_seed_of_every_model():
     args = sweep.build_parser().parse_args(["--only", "attn-only-1l", "mlp-2l", "--seeds", "3"])
     assert [j.folder for j in sweep.jobs_for(args)] == [
