@@ -19,6 +19,7 @@ help:
 	@echo "make train-2l-mixed   fast demo, synthetic-assisted: half the windows repeated random tokens"
 	@echo "make test       install the dev extras and run every test"
 	@echo "make bench      time training steps against PyTorch on this machine"
+	@echo "make wheel      build dist/minitransformer-*.whl (pip install it anywhere: NumPy, matplotlib, safetensors, threadpoolctl)"
 	@echo "make reproduce  train every model family, write report/index.html (natural text, 2 cores: 57 min with OpenBLAS's own kernels, ~75 with OPENBLAS_CORETYPE=Haswell; README)"
 	@echo "                SEEDS=3: seeds 0-2 of every model; ONLY=\"attn-only-1l attn-only-2l\": just those"
 	@echo "make reproduce-small   the same with small synthetic models (~3 min): report-small/index.html"
@@ -40,6 +41,16 @@ test-thorough: install
 
 bench: install
 	$(PYTHON) benchmarks/bench_engine.py
+
+# make wheel: dist/minitransformer-VERSION-py3-none-any.whl, what `pip install` of it gets: the
+# three packages; NumPy, matplotlib, safetensors, threadpoolctl (BPE tokens: the bpe extra).
+# build/ goes first: setuptools would pack a module deleted here that is still in build/lib.
+# tests/test_wheel.py builds one from a copy of the tree and runs the commands from a fresh venv.
+.PHONY: wheel
+wheel:
+	rm -rf build
+	$(PIP) wheel -q --no-deps -w dist .
+	@ls -l dist/minitransformer-*.whl
 
 train-2l: install
 	$(call train,attn-only-2l)
