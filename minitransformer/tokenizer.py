@@ -55,8 +55,7 @@ class Tokenizer:
     def _hf(self):
         hf = self.__dict__.get("_hf_cache")
         if hf is None:
-            from tokenizers import Tokenizer as HF
-            hf = HF.from_str(self.hf_json)
+            hf = _hf_tokenizers().Tokenizer.from_str(self.hf_json)
             object.__setattr__(self, "_hf_cache", hf)
         return hf
 
@@ -125,9 +124,21 @@ def documents(stream):
     return data.split(bytes([BOS]))[1:]
 
 
+def _hf_tokenizers():
+    """The HF `tokenizers` package (the `bpe` extra), or a one-line error saying how to get it."""
+    try:
+        import tokenizers
+    except ImportError:
+        raise ValueError("tokenizer bpe:N: needs the `tokenizers` package; pip install "
+                         "'minitransformer[bpe]' (or '.[bpe]' in a checkout)") from None
+    return tokenizers
+
+
 def train_bpe(docs, vocab_size):
     """A byte-level BPE of vocab_size tokens learned from docs ([bytes]) -> its JSON."""
-    from tokenizers import Tokenizer as HF, decoders, models, pre_tokenizers, trainers
+    tk = _hf_tokenizers()
+    HF, decoders, models, pre_tokenizers, trainers = (tk.Tokenizer, tk.decoders, tk.models,
+                                                      tk.pre_tokenizers, tk.trainers)
     hf = HF(models.BPE())
     hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     hf.decoder = decoders.ByteLevel()

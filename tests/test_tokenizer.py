@@ -259,3 +259,18 @@ def test_levers_names_a_run_without_its_analysis(tmp_path, capsys):
     assert levers.main([str(tmp_path / "r")]) == 2                  # an older analysis's keys
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "no stats.prefix_rise" in err
+
+
+def test_a_bpe_tokenizer_without_the_tokenizers_package_is_a_one_line_error(monkeypatch):
+    import builtins
+    real_import = builtins.__import__
+
+    def no_tokenizers(name, *args, **kwargs):
+        if name == "tokenizers" or name.startswith("tokenizers."):
+            raise ImportError("No module named 'tokenizers'")
+        return real_import(name, *args, **kwargs)
+    monkeypatch.setattr(builtins, "__import__", no_tokenizers)
+    from minitransformer.tokenizer import train_bpe
+    with pytest.raises(ValueError, match=r"needs the `tokenizers` package; pip install") as error:
+        train_bpe([b"some text"], 300)
+    assert "\n" not in str(error.value)
