@@ -12,7 +12,7 @@ import argparse
 import sys
 import textwrap
 
-from exercises.make_stubs import HERE, blocks_by_function, solution_files
+from exercises.make_stubs import blocks_by_function, solution_files
 
 
 def solution_of(number):
@@ -31,8 +31,7 @@ def hint_text(path, step=1, function=None):
         for block in blocks:
             where = f"{name} ({block.what})" if len(blocks) > 1 else name
             if step > len(block.hints):
-                lines.append(f"{where}: no hint {step}; hint {len(block.hints)} was the last "
-                             f"(the reference: {path.relative_to(HERE.parent)})")
+                lines.append(f"{where}: no hint {step}; hint {len(block.hints)} was the last")
                 continue
             lines.append(f"{where}, hint {step} of {len(block.hints)}:")
             lines += textwrap.wrap(block.hints[step - 1], 88, initial_indent="    ",

@@ -111,15 +111,26 @@ def test_every_marked_block_has_a_nudge_and_no_stub_shows_the_answer():
 
 
 def test_the_hint_command_gives_one_step_at_a_time(capsys):
+    """Three steps: a nudge, the idea, then the code (exercise 01's formula) at the last step
+    only; a step past the last says which was the last and names no file (the handout has no
+    solutions folder)."""
     hint = importlib.import_module("exercises.hint")
-    assert hint.main(["1"]) == 0
-    first = capsys.readouterr().out
-    assert "hint 1 of 2" in first and "--step 2" in first and "mean(dxhat * xhat)" not in first
-    hint.main(["1", "--step", "2"])
     formula = "dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))"
-    assert formula in capsys.readouterr().out
-    hint.main(["1", "layernorm_backward", "--step", "3"])
-    assert "no hint 3" in capsys.readouterr().out
+    said = []
+    for step in (1, 2, 3):
+        assert hint.main(["1", "--step", str(step)]) == 0
+        said.append(capsys.readouterr().out)
+        assert f"hint {step} of 3" in said[-1], said[-1]
+        assert ("--step " + str(step + 1) in said[-1]) == (step < 3), said[-1]
+    assert hint.main(["1"]) == 0
+    assert capsys.readouterr().out == said[0]                  # step 1 is the default
+    assert all("mean(dxhat * xhat)" not in text for text in said[:2]), said[:2]
+    assert formula in " ".join(said[2].split()), said[2]
+    assert said[0] != said[1] != said[2]
+    hint.main(["1", "layernorm_backward", "--step", "4"])
+    last = capsys.readouterr().out
+    assert "no hint 4; hint 3 was the last" in last, last
+    assert "solutions" not in last and ".py" not in last, last
     with pytest.raises(SystemExit):
         hint.main(["5", "no_such_function"])
     assert "repeated_random_tokens, induction_stripe" in capsys.readouterr().err

@@ -37,13 +37,18 @@ def layernorm_backward(dout, cache):
     """dout (..., D) -> dx (..., D), dw (D,), db (D,)."""
     xhat, rstd, w = cache
     # BEGIN SOLUTION: dx, dw, db from dout and the cache
-    # Hint 1: dw and db first: `out = xhat * w + b`, summed over every leading axis (the
-    #   batch and the positions). For dx, write `dxhat = dout * w` first. Every x in a row
-    #   moves the row's mean and its rstd, so dx is not just `dxhat * rstd`: it has a term
-    #   from the mean and one from the variance. Derive them from `xhat = (x - mean) * rstd`
-    #   and `d rstd / d x_k = -rstd^3 (x_k - mean) / D`.
-    # Hint 2: `dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat))`, each mean over
-    #   D with keepdims=True, so that it broadcasts along the row.
+    # Hint 1: dw and db first: `out = xhat * w + b`, and every leading axis (the batch, the
+    #   positions) adds to them. For dx, mind that each x in a row moves the row's mean and
+    #   its rstd, so dx is not just the gradient at xhat times rstd.
+    # Hint 2: with `dxhat = dout * w`, x_k reaches the loss three ways: through its own
+    #   x_k - mean, through the mean (which moves every xhat of the row by -rstd / D), and
+    #   through rstd (`d rstd / d x_k = -rstd^3 (x_k - mean) / D`, that is `-rstd^2 xhat_k /
+    #   D`). Add the three routes: the last two each give one number per row, a mean over
+    #   the row, the second weighted by xhat.
+    # Hint 3: `dw = (dout * xhat).sum(leading)`, `db = dout.sum(leading)` with `leading =
+    #   tuple(range(dout.ndim - 1))`, and `dx = rstd * (dxhat - mean(dxhat) - xhat *
+    #   mean(dxhat * xhat))`, each mean over D with keepdims=True, so that it broadcasts
+    #   along the row.
     leading = tuple(range(dout.ndim - 1))
     dw = (dout * xhat).sum(leading)
     db = dout.sum(leading)
