@@ -43,13 +43,20 @@ def attention_head_backward(dout, cache):
     """dout (T,D) -> dx (T,D), dW_Q (D,E), dW_K (D,E), dW_V (D,E), dW_O (E,D)."""
     x, W_Q, W_K, W_V, W_O, q, k, v, pattern, z = cache
     # BEGIN SOLUTION: dx, dW_Q, dW_K, dW_V, dW_O, undoing the forward from its last line
-    # Hint 1: the softmax is the one subtle step: `p_ij = exp(s_ij) / sum_k exp(s_ik)`, so
-    #   each p_ij depends on every score of its row, not only on s_ij. Masked entries need no
-    #   special care: their p_ij is exactly 0. x is read three times (by q, k and v), so dx
-    #   is a sum of three terms.
-    # Hint 2: the softmax backward, row by row: `ds_ij = p_ij (dp_ij - sum_k dp_ik p_ik)`.
-    #   Then, undoing the scores: `dq = ds k / sqrt(E)` and `dk = ds^T q / sqrt(E)`;
-    #   then `dx = dq W_Q^T + dk W_K^T + dv W_V^T`.
+    # Hint 1: go up from the last line of the forward, one line at a time, and write the
+    #   line you undo above each step. Two steps need care: the softmax, and the last one,
+    #   where x comes back.
+    # Hint 2: for a product `y = a b`, `da = dy b^T` and `db = a^T dy`: each gradient has the
+    #   shape of what it is the gradient of. The softmax: each p_ij depends on every score of
+    #   its row, so the gradient at s_ij has p_ij's own term and a term shared by the whole
+    #   row (masked entries need no care: their p_ij is exactly 0). The scores' 1/sqrt(E)
+    #   goes into dq and dk. x is read three times (by q, k and v): dx is a sum of three
+    #   routes.
+    # Hint 3: `dW_O = z.T @ dout`, `dz = dout @ W_O.T`, `dpattern = dz @ v.T`, `dv =
+    #   pattern.T @ dz`; the softmax: `dscores = pattern * (dpattern - (dpattern *
+    #   pattern).sum(-1, keepdims=True))`; `dq = dscores @ k / np.sqrt(E)`, `dk = dscores.T
+    #   @ q / np.sqrt(E)`; `dx = dq @ W_Q.T + dk @ W_K.T + dv @ W_V.T`, and each weight's
+    #   gradient is `x.T` times its own: `x.T @ dq`, `x.T @ dk`, `x.T @ dv`.
     # forward was: out = z W_O
     dW_O = z.T @ dout                                            # (E,D)
     dz = dout @ W_O.T                                            # (T,E)
@@ -68,7 +75,7 @@ def attention_head_backward(dout, cache):
     # END SOLUTION
 
 
-def gradient_check(seed=0, T=6, D=8, E=4):
+def gradient_check(seed=0, T=7, D=10, E=4):
     """Each gradient against central differences -> {name: max relative error}."""
     rng = np.random.default_rng(seed)
     inputs = {"x": rng.normal(size=(T, D)), "W_Q": rng.normal(size=(D, E)),
@@ -79,4 +86,11 @@ def gradient_check(seed=0, T=6, D=8, E=4):
 
 
 if __name__ == "__main__":
-    common.print_gradient_check(gradient_check())
+    errors = gradient_check()
+    common.print_gradient_check(errors)
+    wrong = [f"d{name}" for name, error in errors.items() if not error < 1e-6]
+    if wrong:
+        print(f"WRONG: {', '.join(wrong)} differ{'s' * (len(wrong) == 1)} from finite "
+              f"differences (T 7, d_model 10, d_head 4); make exercise N=2 says where")
+    else:
+        print("ok     every gradient matches finite differences (T 7, d_model 10, d_head 4)")
