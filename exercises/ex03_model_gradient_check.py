@@ -27,6 +27,7 @@ from hypothesis import given, settings, strategies as st
 
 from minitransformer import Model
 
+VOCAB = 8
 
 def numerical_grad(f, x, dout, h=1e-6):
     """d/dx of sum(f() * dout), x perturbed in place one entry at a time -> like x."""
@@ -35,9 +36,11 @@ def numerical_grad(f, x, dout, h=1e-6):
 
 def tiny_model(case):
     """A float64 model small enough for finite differences (given). Biases, LayerNorm gains
-    and the smear's alpha are drawn away from 0 so that no term hides behind a zero."""
+    and the smear's alpha are drawn away from 0 so that no term hides behind a zero; every
+    size differs (d_model 6, 2 heads of 3, 5 positions, 8 tokens, d_mlp 7), so that no
+    axis stands in for another."""
     config = {k: v for k, v in case.items() if k != "seed"}
-    config.update(d_model=6, n_heads=2, d_head=3, n_ctx=5, d_vocab=5, d_mlp=7,
+    config.update(d_model=6, n_heads=2, d_head=3, n_ctx=5, d_vocab=VOCAB, d_mlp=7,
                   initializer_range=0.5)
     model = Model(config, seed=case["seed"], dtype=np.float64)
     rng = np.random.default_rng(case["seed"] + 1)
@@ -57,8 +60,8 @@ def check_case(case, tolerance=1e-5):
     """Build the drawn model, check its gradient -> {name: error} (given)."""
     model = tiny_model(case)
     rng = np.random.default_rng(case["seed"])
-    tokens = rng.integers(0, 5, (2, 5))
-    dlogits = rng.uniform(-1, 1, (2, 5, 5))               # a random upstream gradient
+    tokens = rng.integers(0, VOCAB, (2, 5))
+    dlogits = rng.uniform(-1, 1, (2, 5, VOCAB))           # a random upstream gradient
     errors = gradient_errors(model, tokens, dlogits)
     worst = max(errors, key=errors.get)
     assert errors[worst] < tolerance, f"{case}: d{worst} is off by {errors[worst]:.1e}"
@@ -71,13 +74,26 @@ def model_cases():
         'exercise 03: st.fixed_dictionaries over the five config fields and a seed')
 
 
+def off_by_one_position(model):
+    """model, its backward broken (given): each position's dlogits is read from the position
+    before. A dlogits that is the same everywhere cannot show it; a random one does."""
+    engine_backward = model.backward
+    model.backward = lambda dlogits, cache: engine_backward(np.roll(dlogits, 1, axis=1), cache)
+    return model
+
+
 if __name__ == "__main__":
-    worst = {}
+    worst, failures = {}, []
 
     @settings(max_examples=40, deadline=None, database=None)
     @given(model_cases())
     def every_configuration(case):
-        for name, error in check_case(case).items():
+        try:
+            errors = check_case(case)
+        except AssertionError as failure:
+            failures.append(str(failure))
+            return
+        for name, error in errors.items():
             kind = name.split(".")[-2] + "." + name.split(".")[-1] if "." in name else name
             worst[kind] = max(worst.get(kind, 0.0), error)
 
@@ -85,3 +101,20 @@ if __name__ == "__main__":
     print("40 random configurations, worst relative error per kind of parameter:")
     for kind, error in sorted(worst.items()):
         print(f"  {kind:<16} {error:.1e}")
+    if failures:
+        print(f"WRONG: {len(failures)} of 40 configurations fail on the engine's correct "
+              f"backward, the first: {failures[0]}")
+    else:
+        print("ok     every configuration passes (the engine's backward is correct)")
+    case = dict(n_layers=2, attn_only=False, normalization_type="LN",
+                positional_embedding_type="standard", smeared_key=True, seed=1)
+    rng = np.random.default_rng(1)
+    errors = gradient_errors(off_by_one_position(tiny_model(case)),
+                             rng.integers(0, VOCAB, (2, 5)), rng.uniform(-1, 1, (2, 5, VOCAB)))
+    caught = max(errors.values())
+    if caught > 1e-3:
+        print(f"ok     a backward that reads dlogits one position off is caught (error "
+              f"{caught:.1e} at {max(errors, key=errors.get)})")
+    else:
+        print(f"WRONG: a backward that reads dlogits one position off passes your check (worst "
+              f"error {caught:.1e}): is the dlogits given used on both sides?")

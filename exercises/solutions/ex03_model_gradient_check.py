@@ -27,16 +27,21 @@ from hypothesis import given, settings, strategies as st
 
 from minitransformer import Model
 
+VOCAB = 8
 
 def numerical_grad(f, x, dout, h=1e-6):
     """d/dx of sum(f() * dout), x perturbed in place one entry at a time -> like x."""
     # BEGIN SOLUTION: central differences over every entry of x
-    # Hint 1: `flat = x.reshape(-1)` is a view of x (x is contiguous): writing `flat[i]`
-    #   moves x, and f() reads x. Evaluate `np.sum(f() * dout)` at x_i + h and at x_i - h,
-    #   then put the entry back.
-    # Hint 2: per entry i: `kept = flat[i]`; `flat[i] = kept + h` -> up; `flat[i] = kept - h`
-    #   -> down; `flat[i] = kept`; `grad_flat[i] = (up - down) / (2 h)`, where `grad_flat`
-    #   is a flat view of `grad = np.zeros_like(x)`.
+    # Hint 1: move one entry of x at a time, a little up and a little down, and see how
+    #   sum(f() * dout) moves. f() takes no argument: it reads x itself, so the change must
+    #   happen in x, in place, and be undone after.
+    # Hint 2: `flat = x.reshape(-1)` is a view of x (x is contiguous): writing `flat[i]`
+    #   moves x. Per entry: the sum at x_i + h and at x_i - h, the entry put back, the
+    #   difference over the 2h between them, written into a flat view of a zeros array
+    #   shaped like x.
+    # Hint 3: per entry i: `kept = flat[i]`; `flat[i] = kept + h` -> `up = np.sum(f() *
+    #   dout)`; `flat[i] = kept - h` -> `down`; `flat[i] = kept`; `grad_flat[i] = (up - down)
+    #   / (2 * h)`, where `grad = np.zeros_like(x)` and `grad_flat = grad.reshape(-1)`.
     grad = np.zeros_like(x)
     flat, grad_flat = x.reshape(-1), grad.reshape(-1)      # views: writing flat moves x
     for i in range(flat.size):
@@ -53,9 +58,11 @@ def numerical_grad(f, x, dout, h=1e-6):
 
 def tiny_model(case):
     """A float64 model small enough for finite differences (given). Biases, LayerNorm gains
-    and the smear's alpha are drawn away from 0 so that no term hides behind a zero."""
+    and the smear's alpha are drawn away from 0 so that no term hides behind a zero; every
+    size differs (d_model 6, 2 heads of 3, 5 positions, 8 tokens, d_mlp 7), so that no
+    axis stands in for another."""
     config = {k: v for k, v in case.items() if k != "seed"}
-    config.update(d_model=6, n_heads=2, d_head=3, n_ctx=5, d_vocab=5, d_mlp=7,
+    config.update(d_model=6, n_heads=2, d_head=3, n_ctx=5, d_vocab=VOCAB, d_mlp=7,
                   initializer_range=0.5)
     model = Model(config, seed=case["seed"], dtype=np.float64)
     rng = np.random.default_rng(case["seed"] + 1)
@@ -68,13 +75,18 @@ def tiny_model(case):
 def gradient_errors(model, tokens, dlogits):
     """{param name: max|analytic - numeric| / max(max|numeric|, 1e-2)} for every parameter."""
     # BEGIN SOLUTION: the backward's gradient and numerical_grad's, per parameter
-    # Hint 1: `model.forward_train(tokens)` -> (logits, cache) and `model.backward(dlogits,
-    #   cache)` -> grads (keyed like model.params) run the engine without a loss, so a random
-    #   dlogits tests every path. The model reads its arrays in model.params at each
-    #   forward: numerical_grad can perturb them in place.
-    # Hint 2: `grads = model.backward(dlogits, model.forward_train(tokens)[1])`; then for each
-    #   `name, param` of model.params, `numeric = numerical_grad(lambda:
-    #   model.forward_train(tokens)[0], param, dlogits)` and the error of the formula above.
+    # Hint 1: two gradients per parameter, compared: the model's own backward, fed the
+    #   dlogits given (no loss), and your numerical_grad of the logits. Then the docstring's
+    #   error for each.
+    # Hint 2: `model.forward_train(tokens)` -> (logits, cache) and `model.backward(dlogits,
+    #   cache)` -> grads, keyed like model.params. For numerical_grad, f runs the forward and
+    #   returns the logits, x is the parameter array itself (the model reads model.params at
+    #   each forward, so perturbing it in place moves the logits), and dout is the same
+    #   dlogits the backward got: a random one tests every path.
+    # Hint 3: `grads = model.backward(dlogits, model.forward_train(tokens)[1])`; for each
+    #   `name, param` of model.params: `numeric = numerical_grad(lambda:
+    #   model.forward_train(tokens)[0], param, dlogits)`, `scale = max(np.abs(numeric).max(),
+    #   1e-2)` and `errors[name] = float(np.abs(grads[name] - numeric).max() / scale)`.
     grads = model.backward(dlogits, model.forward_train(tokens)[1])
     errors = {}
     for name, param in model.params.items():
@@ -89,8 +101,8 @@ def check_case(case, tolerance=1e-5):
     """Build the drawn model, check its gradient -> {name: error} (given)."""
     model = tiny_model(case)
     rng = np.random.default_rng(case["seed"])
-    tokens = rng.integers(0, 5, (2, 5))
-    dlogits = rng.uniform(-1, 1, (2, 5, 5))               # a random upstream gradient
+    tokens = rng.integers(0, VOCAB, (2, 5))
+    dlogits = rng.uniform(-1, 1, (2, 5, VOCAB))           # a random upstream gradient
     errors = gradient_errors(model, tokens, dlogits)
     worst = max(errors, key=errors.get)
     assert errors[worst] < tolerance, f"{case}: d{worst} is off by {errors[worst]:.1e}"
@@ -100,11 +112,17 @@ def check_case(case, tolerance=1e-5):
 def model_cases():
     """A hypothesis strategy of small model configurations (and a seed)."""
     # BEGIN SOLUTION: st.fixed_dictionaries over the five config fields and a seed
-    # Hint 1: `st.fixed_dictionaries({key: strategy, ...})` draws a dict with one value per
-    #   key; `st.sampled_from([...])` picks one of a list, `st.booleans()` True or False.
-    # Hint 2: n_layers from [1, 2], normalization_type from ["LN", None],
-    #   positional_embedding_type from ["shortformer", "standard", "none"], booleans for
-    #   attn_only and smeared_key, and `st.integers(0, 2**31 - 1)` for the seed.
+    # Hint 1: hypothesis builds a strategy from smaller ones: one for a dict with fixed keys,
+    #   one per field that draws its options. Which options does each of the five fields
+    #   have?
+    # Hint 2: `st.fixed_dictionaries({key: strategy, ...})` draws one value per key;
+    #   `st.sampled_from([...])` picks from a list, `st.booleans()` True or False,
+    #   `st.integers(lo, hi)` a whole number. n_layers 1 or 2, normalization_type "LN" or
+    #   None, the three positional types, and a seed.
+    # Hint 3: `st.fixed_dictionaries({"n_layers": st.sampled_from([1, 2]), "attn_only":
+    #   st.booleans(), "normalization_type": st.sampled_from(["LN", None]),
+    #   "positional_embedding_type": st.sampled_from(["shortformer", "standard", "none"]),
+    #   "smeared_key": st.booleans(), "seed": st.integers(0, 2**31 - 1)})`.
     return st.fixed_dictionaries({
         "n_layers": st.sampled_from([1, 2]),
         "attn_only": st.booleans(),
@@ -115,13 +133,26 @@ def model_cases():
     # END SOLUTION
 
 
+def off_by_one_position(model):
+    """model, its backward broken (given): each position's dlogits is read from the position
+    before. A dlogits that is the same everywhere cannot show it; a random one does."""
+    engine_backward = model.backward
+    model.backward = lambda dlogits, cache: engine_backward(np.roll(dlogits, 1, axis=1), cache)
+    return model
+
+
 if __name__ == "__main__":
-    worst = {}
+    worst, failures = {}, []
 
     @settings(max_examples=40, deadline=None, database=None)
     @given(model_cases())
     def every_configuration(case):
-        for name, error in check_case(case).items():
+        try:
+            errors = check_case(case)
+        except AssertionError as failure:
+            failures.append(str(failure))
+            return
+        for name, error in errors.items():
             kind = name.split(".")[-2] + "." + name.split(".")[-1] if "." in name else name
             worst[kind] = max(worst.get(kind, 0.0), error)
 
@@ -129,3 +160,20 @@ if __name__ == "__main__":
     print("40 random configurations, worst relative error per kind of parameter:")
     for kind, error in sorted(worst.items()):
         print(f"  {kind:<16} {error:.1e}")
+    if failures:
+        print(f"WRONG: {len(failures)} of 40 configurations fail on the engine's correct "
+              f"backward, the first: {failures[0]}")
+    else:
+        print("ok     every configuration passes (the engine's backward is correct)")
+    case = dict(n_layers=2, attn_only=False, normalization_type="LN",
+                positional_embedding_type="standard", smeared_key=True, seed=1)
+    rng = np.random.default_rng(1)
+    errors = gradient_errors(off_by_one_position(tiny_model(case)),
+                             rng.integers(0, VOCAB, (2, 5)), rng.uniform(-1, 1, (2, 5, VOCAB)))
+    caught = max(errors.values())
+    if caught > 1e-3:
+        print(f"ok     a backward that reads dlogits one position off is caught (error "
+              f"{caught:.1e} at {max(errors, key=errors.get)})")
+    else:
+        print(f"WRONG: a backward that reads dlogits one position off passes your check (worst "
+              f"error {caught:.1e}): is the dlogits given used on both sides?")
