@@ -27,6 +27,7 @@ Hints, one step at a time: python -m exercises.hint 5 (then --step 2)
 """
 import numpy as np
 
+import circuits
 from exercises import common
 
 BOS = 0
@@ -50,6 +51,14 @@ if __name__ == "__main__":
     model = run.model()
     length = 30
     tokens = repeated_random_tokens(8, length, 2, model.config.d_vocab, seed=0)
+    segments = tokens[:, 1:].reshape(8, 2, length)
+    if not ((tokens[:, 0] == BOS).all() and (segments[:, 0] == segments[:, 1]).all()
+            and all(len(set(row)) == length for row in segments[:, 0])
+            and 0 < segments.min() and segments.max() < model.config.d_vocab):
+        print("WRONG: your tokens are not BOS + a segment of distinct tokens twice; make "
+              "exercise N=5 says what differs")
+    else:
+        print(f"ok     your tokens: BOS + a segment of {length} distinct tokens, twice")
     _, cache = model.run_with_cache(tokens)
     L, H = model.config.n_layers, model.config.n_heads
     fig, axes = plt.subplots(L, H, figsize=(4 * H, 4 * L), squeeze=False)
@@ -65,3 +74,17 @@ if __name__ == "__main__":
     fig.suptitle(f"BOS + {length} random tokens x 2: the induction stripe sits "
                  f"{length - 1} below the diagonal")
     common.save(fig, "ex05_induction_stripe")
+    # With two copies, the stripe is what prefix matching measures: the engine's, on its tokens
+    engine = circuits.prefix_matching_score(model, n_examples=8, length=length, repeats=2,
+                                            seed=0)
+    _, cache = model.run_with_cache(
+        circuits.repeated_random_tokens(8, length, 2, None, model.config.d_vocab, seed=0))
+    yours = np.stack([induction_stripe(cache[f"blocks.{l}.attn.hook_pattern"], length)
+                      for l in range(L)])
+    if np.allclose(yours, engine, rtol=1e-5, atol=1e-6):
+        print("ok     your stripes are circuits.prefix_matching_score with two copies, on its "
+              "tokens")
+    else:
+        l, h = np.unravel_index(np.argmax(np.abs(yours - engine)), engine.shape)
+        print(f"WRONG: your stripes differ from circuits.prefix_matching_score with two copies, "
+              f"most at head {l}.{h} (yours {yours[l, h]:.3f}, circuits' {engine[l, h]:.3f})")

@@ -27,6 +27,7 @@ Hints, one step at a time: python -m exercises.hint 5 (then --step 2)
 """
 import numpy as np
 
+import circuits
 from exercises import common
 
 BOS = 0
@@ -35,11 +36,16 @@ BOS = 0
 def repeated_random_tokens(n, length, repeats, d_vocab=256, seed=0):
     """-> (n, 1 + length * repeats) int64: BOS, then `repeats` copies of a random segment."""
     # BEGIN SOLUTION: draw n segments of distinct tokens, tile them, put BOS in front
-    # Hint 1: `rng = np.random.default_rng(seed)`; `rng.choice(values, length,
-    #   replace=False)` draws distinct values, one segment per row; `np.tile` repeats an
-    #   array along an axis.
-    # Hint 2: stack n draws from `np.arange(1, d_vocab)` into (n, length), `np.tile(segments,
-    #   (1, repeats))`, then `np.concatenate` a column of BOS in front, as int64.
+    # Hint 1: one random segment per row, of distinct tokens that are not BOS, written
+    #   `repeats` times one after another, BOS in front; every draw from one generator made
+    #   from the seed.
+    # Hint 2: `rng = np.random.default_rng(seed)`; `rng.choice(values, length,
+    #   replace=False)` draws distinct values (here from 1..d_vocab-1), one segment per row;
+    #   `np.tile` repeats a whole array along an axis; a column of BOS goes in front, as
+    #   int64.
+    # Hint 3: `segments = np.stack([rng.choice(np.arange(1, d_vocab), length, replace=False)
+    #   for _ in range(n)])`, then `np.concatenate([np.full((n, 1), BOS), np.tile(segments,
+    #   (1, repeats))], axis=1).astype(np.int64)`.
     rng = np.random.default_rng(seed)
     segments = np.stack([rng.choice(np.arange(1, d_vocab), length, replace=False)
                          for _ in range(n)])                        # (n, length)
@@ -51,11 +57,16 @@ def repeated_random_tokens(n, length, repeats, d_vocab=256, seed=0):
 def induction_stripe(pattern, length):
     """pattern (N, H, T, T) -> (H,): mean attention from i to i - length + 1, i >= 1 + length."""
     # BEGIN SOLUTION: one diagonal of each pattern, from query 1 + length on
-    # Hint 1: the stripe is a diagonal. `np.diagonal(pattern, offset, axis1=-2, axis2=-1)`
-    #   returns diagonal `offset` (negative: below the main one) of every (T, T) matrix; its
-    #   k-th entry is `pattern[..., k - offset, k]`, query k - offset.
-    # Hint 2: the offset is `-(length - 1)`, so entry k is query k + length - 1, and the
-    #   queries from 1 + length on are the entries k >= 2: mean over the batch and those.
+    # Hint 1: the stripe is one diagonal of each (T, T) pattern. How far below the main
+    #   diagonal is the token after the earlier occurrence of query i's token? And which
+    #   queries count?
+    # Hint 2: `np.diagonal(pattern, offset, axis1=-2, axis2=-1)` gives diagonal `offset`
+    #   (negative: below the main one) of every (T, T) matrix; its k-th entry is query k -
+    #   offset. The token after the earlier occurrence sits length - 1 below the diagonal;
+    #   the queries from the second copy on are i >= 1 + length: find which entries k those
+    #   are, then average over them and over the batch, one number per head.
+    # Hint 3: `stripe = np.diagonal(pattern, -(length - 1), axis1=-2, axis2=-1)`; its entry
+    #   k is query k + length - 1, so `return stripe[..., 2:].mean(axis=(0, 2))`.
     stripe = np.diagonal(pattern, -(length - 1), axis1=-2, axis2=-1)  # (N, H, T - length + 1)
     # the k-th entry is query k + length - 1; queries from 1 + length on are k >= 2
     return stripe[..., 2:].mean(axis=(0, 2))
@@ -68,6 +79,14 @@ if __name__ == "__main__":
     model = run.model()
     length = 30
     tokens = repeated_random_tokens(8, length, 2, model.config.d_vocab, seed=0)
+    segments = tokens[:, 1:].reshape(8, 2, length)
+    if not ((tokens[:, 0] == BOS).all() and (segments[:, 0] == segments[:, 1]).all()
+            and all(len(set(row)) == length for row in segments[:, 0])
+            and 0 < segments.min() and segments.max() < model.config.d_vocab):
+        print("WRONG: your tokens are not BOS + a segment of distinct tokens twice; make "
+              "exercise N=5 says what differs")
+    else:
+        print(f"ok     your tokens: BOS + a segment of {length} distinct tokens, twice")
     _, cache = model.run_with_cache(tokens)
     L, H = model.config.n_layers, model.config.n_heads
     fig, axes = plt.subplots(L, H, figsize=(4 * H, 4 * L), squeeze=False)
@@ -83,3 +102,17 @@ if __name__ == "__main__":
     fig.suptitle(f"BOS + {length} random tokens x 2: the induction stripe sits "
                  f"{length - 1} below the diagonal")
     common.save(fig, "ex05_induction_stripe")
+    # With two copies, the stripe is what prefix matching measures: the engine's, on its tokens
+    engine = circuits.prefix_matching_score(model, n_examples=8, length=length, repeats=2,
+                                            seed=0)
+    _, cache = model.run_with_cache(
+        circuits.repeated_random_tokens(8, length, 2, None, model.config.d_vocab, seed=0))
+    yours = np.stack([induction_stripe(cache[f"blocks.{l}.attn.hook_pattern"], length)
+                      for l in range(L)])
+    if np.allclose(yours, engine, rtol=1e-5, atol=1e-6):
+        print("ok     your stripes are circuits.prefix_matching_score with two copies, on its "
+              "tokens")
+    else:
+        l, h = np.unravel_index(np.argmax(np.abs(yours - engine)), engine.shape)
+        print(f"WRONG: your stripes differ from circuits.prefix_matching_score with two copies, "
+              f"most at head {l}.{h} (yours {yours[l, h]:.3f}, circuits' {engine[l, h]:.3f})")
