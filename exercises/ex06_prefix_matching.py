@@ -27,6 +27,7 @@ Hints, one step at a time: python -m exercises.hint 6 (then --step 2)
 """
 import numpy as np
 
+import circuits
 from circuits import repeated_random_tokens
 from exercises import common
 
@@ -53,6 +54,16 @@ if __name__ == "__main__":
                   + "  ".join(f"{v:.2f}" for v in curves[:, layer, head]))
             ax.plot(seen, curves[:, layer, head], "o-", label=f"head {layer}.{head}")
     print("(one number per snapshot, at", ", ".join(f"{t:.0f}k" for t in seen), "tokens)")
+    engine = np.stack([circuits.prefix_matching_score(run.model(s), 10, length, repeats,
+                                                      run.token_counts, seed=0)
+                       for s in steps])                                 # the same tokens
+    if np.allclose(curves, engine, rtol=1e-5, atol=1e-6):
+        print("ok     your scores are circuits.prefix_matching_score's at every snapshot")
+    else:
+        s, l, h = np.unravel_index(np.argmax(np.abs(curves - engine)), engine.shape)
+        print(f"WRONG: your scores differ from circuits.prefix_matching_score's on the same "
+              f"tokens, most at head {l}.{h}, snapshot {s} (yours {curves[s, l, h]:.3f}, "
+              f"circuits' {engine[s, l, h]:.3f})")
     ax.set(xlabel="training tokens (thousands)", ylabel="prefix-matching score",
            title="induction heads form in a phase change", ylim=(0, 1))
     ax.legend()

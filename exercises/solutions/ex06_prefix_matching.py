@@ -27,6 +27,7 @@ Hints, one step at a time: python -m exercises.hint 6 (then --step 2)
 """
 import numpy as np
 
+import circuits
 from circuits import repeated_random_tokens
 from exercises import common
 
@@ -34,11 +35,19 @@ from exercises import common
 def prefix_matching_score(model, tokens, length, repeats):
     """tokens (N, 1 + length * repeats) -> (n_layers, n_heads)."""
     # BEGIN SOLUTION: the (query, key) pairs, then the summed attention per head
-    # Hint 1: build two index arrays, queries and keys, one entry per (r, j, m) triple
-    #   (three nested loops will do); then `pattern[:, :, queries, keys]` is (N, H, pairs).
-    # Hint 2: sum that over the pairs, average over the examples, and divide by the number
-    #   of queries, `(repeats - 1) * length`, not by the number of pairs: a token of copy r
-    #   has r earlier occurrences, and its attention to all of them counts.
+    # Hint 1: list the (query, key) pairs first: each token of a later copy, and for each
+    #   earlier occurrence of its token, the token just after it. Then read the pattern at
+    #   all the pairs at once, and mind what the average is over.
+    # Hint 2: segment position j of copy r is at 1 + r length + j (BOS is position 0); the
+    #   token after its occurrence in copy m < r is at 1 + m length + j + 1. Two index
+    #   arrays, queries and keys, one entry per (r, j, m); `pattern[:, :, queries, keys]` is
+    #   (N, H, pairs). Sum over the pairs, average over the examples, and divide by the
+    #   number of queries, not of pairs: a token of copy r has r earlier occurrences, and
+    #   its attention to all of them counts.
+    # Hint 3: `for r in range(1, repeats): for j in range(length): for m in range(r):`
+    #   append `1 + r * length + j` to queries and `1 + m * length + j + 1` to keys; then
+    #   per layer `scores[layer] = pattern[:, :, queries, keys].sum(-1).mean(0) / ((repeats
+    #   - 1) * length)`, each layer's pattern from the cache of one run_with_cache.
     queries, keys = [], []
     for r in range(1, repeats):
         for j in range(length):
@@ -72,6 +81,16 @@ if __name__ == "__main__":
                   + "  ".join(f"{v:.2f}" for v in curves[:, layer, head]))
             ax.plot(seen, curves[:, layer, head], "o-", label=f"head {layer}.{head}")
     print("(one number per snapshot, at", ", ".join(f"{t:.0f}k" for t in seen), "tokens)")
+    engine = np.stack([circuits.prefix_matching_score(run.model(s), 10, length, repeats,
+                                                      run.token_counts, seed=0)
+                       for s in steps])                                 # the same tokens
+    if np.allclose(curves, engine, rtol=1e-5, atol=1e-6):
+        print("ok     your scores are circuits.prefix_matching_score's at every snapshot")
+    else:
+        s, l, h = np.unravel_index(np.argmax(np.abs(curves - engine)), engine.shape)
+        print(f"WRONG: your scores differ from circuits.prefix_matching_score's on the same "
+              f"tokens, most at head {l}.{h}, snapshot {s} (yours {curves[s, l, h]:.3f}, "
+              f"circuits' {engine[s, l, h]:.3f})")
     ax.set(xlabel="training tokens (thousands)", ylabel="prefix-matching score",
            title="induction heads form in a phase change", ylim=(0, 1))
     ax.legend()
