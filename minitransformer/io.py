@@ -51,9 +51,31 @@ def atomic_write_text(path, text):
     atomic_write(path, lambda f: f.write(text.encode("utf-8")))
 
 
+def printable(text, stream):
+    """`text` with what `stream`'s encoding cannot write as backslash escapes (a non-ASCII
+    path under PYTHONIOENCODING=ascii), so printing it cannot raise UnicodeEncodeError."""
+    encoding = getattr(stream, "encoding", None) or "utf-8"
+    try:
+        return text.encode(encoding, "backslashreplace").decode(encoding)
+    except LookupError:
+        return text
+
+
+def tolerant_streams(*streams):
+    """Make stdout and stderr (or `streams`) write what their encoding cannot as backslash
+    escapes instead of raising UnicodeEncodeError: a command calls it first, so no print of
+    a user's path can end it in a traceback."""
+    for stream in streams or (sys.stdout, sys.stderr):
+        if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+            try:
+                stream.reconfigure(errors="backslashreplace")
+            except (ValueError, OSError, TypeError, AttributeError):
+                pass
+
+
 def error(message):
     """Print the one-line error a command ends with -> its exit status, 2."""
-    print(f"error: {message}", file=sys.stderr)
+    print(printable(f"error: {message}", sys.stderr), file=sys.stderr)
     return 2
 
 

@@ -136,11 +136,15 @@ def preset(name):
     return dict(model), dict(train)
 
 
-def _parse(text, example, key):
-    """A 'key=value' value, typed like the field's default (or as JSON-ish for None)."""
+def _parse(text, example, key, nullable=True):
+    """A 'key=value' value, typed like the field's default (or as JSON-ish for None).
+    'none'/'null' is Python's None only for a field that may be None (nullable); a string
+    field takes the text as it is: 'none' is a value of positional_embedding_type."""
     low = text.lower()
-    if low in ("none", "null"):
+    if low in ("none", "null") and nullable:
         return None
+    if isinstance(example, str):
+        return text
     if isinstance(example, bool) or low in ("true", "false"):
         if low not in ("true", "false"):
             raise ValueError(f"{key}={text}: expected true or false")
@@ -161,6 +165,7 @@ def apply_overrides(model, train, items):
     model_keys = [f.name for f in fields(ModelConfig)]
     train_keys = [f.name for f in fields(TrainConfig)]
     defaults = {**TrainConfig().to_dict(), **ModelConfig().to_dict()}
+    nullable = {f.name for f in fields(ModelConfig) + fields(TrainConfig) if "None" in str(f.type)}
     for item in items:
         if "=" not in item:
             raise ValueError(f"override {item!r}: expected key=value")
@@ -168,7 +173,7 @@ def apply_overrides(model, train, items):
         if key not in model_keys and key not in train_keys:
             raise ValueError(f"unknown key {key!r}; valid keys: {', '.join(model_keys + train_keys)}")
         target = model if key in model_keys else train
-        target[key] = _parse(text, target.get(key, defaults.get(key)), key)
+        target[key] = _parse(text, target.get(key, defaults.get(key)), key, key in nullable)
     if any(i.startswith("tokenizer=") for i in items) and not any(
             i.startswith("d_vocab=") for i in items):
         model["d_vocab"] = parse_spec(train["tokenizer"])   # the vocabulary follows the tokenizer

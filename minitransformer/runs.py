@@ -17,6 +17,7 @@ import fcntl
 import json
 import os
 import pathlib
+import re
 from dataclasses import fields
 
 import numpy as np
@@ -31,6 +32,7 @@ from .tokenizer import BYTES, from_run
 FORMAT_VERSION = 1
 RUN_FILE = "run.npz"
 LOG_KEYS = ("step", "tokens", "loss", "lr", "grad_norm", "seconds")
+SNAPSHOT_NAME = re.compile(r"step_\d{7,}\.npz")
 
 
 def run_file(path):
@@ -246,6 +248,31 @@ def existing_run(run_dir):
     first = snapshot_file(run_dir, 0).name
     return (run_dir / RUN_FILE).exists() or (run_dir / "snapshots").is_dir() and any(
         e.name != first and not e.name.endswith(".tmp") for e in os.scandir(run_dir / "snapshots"))
+
+
+def run_files(run_dir):
+    """The files of the run in run_dir that the format names, and only those: run.npz and
+    snapshots/step_XXXXXXX.npz (what --force may delete; a folder or any other file under
+    run_dir, another run's included, is not the run's)."""
+    run_dir = pathlib.Path(run_dir)
+    files = [run_dir / RUN_FILE] if (run_dir / RUN_FILE).is_file() else []
+    if (run_dir / "snapshots").is_dir():
+        files += sorted(e for e in (run_dir / "snapshots").iterdir()
+                        if SNAPSHOT_NAME.fullmatch(e.name) and e.is_file())
+    return files
+
+
+def enclosing_run(path):
+    """The run folder that holds `path` below it (a run nested inside another run's folder,
+    which --force of the outer run would touch), or None."""
+    path = pathlib.Path(os.path.abspath(path))
+    for folder in path.parents:
+        try:
+            if (folder / RUN_FILE).is_file() and (folder / "snapshots").is_dir():
+                return folder
+        except OSError:
+            continue
+    return None
 
 
 _held = set()   # the runs this process holds the lock of (a sweep job's train() takes it again)

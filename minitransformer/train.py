@@ -2,7 +2,10 @@
 
 Writes runs/NAME/run.npz (config, log, fixed eval set, latest weights and optimizer state)
 and runs/NAME/snapshots/step_XXXXXXX.npz on the snapshot schedule. A killed run continues
-with --resume and ends bit-identical (NumPy) to one never interrupted.
+with --resume and ends bit-identical (NumPy) to one never interrupted. --force replaces those
+files only (nothing else in the folder), once the new run's first state is written beside
+them; a run is never written inside another run's folder. A run whose loss stops being
+finite stops there, keeping its last finite state.
 """
 import argparse
 import math
@@ -11,6 +14,7 @@ import pathlib
 import shutil
 import sys
 import time
+import warnings
 from dataclasses import replace
 
 import numpy as np
@@ -19,19 +23,25 @@ from .backend import add_device_argument, to_floats, to_numpy
 from .config import ModelConfig
 from .data import (corpus_from_spec, describe, eval_set, random_crops, random_repeat_windows,
                    repeat_spans)
-from .io import error, os_error
+from .io import error, os_error, tolerant_streams
 from .tokenizer import BYTES, tokenize
 from .model import Model
 from .optim import AdamW, clip_grad_norm, learning_rate
 from .presets import PRESETS, apply_overrides, preset
 from .params import param_shapes
 from .cpu import command_settings, resolve_threads
-from .runs import (LOG_KEYS, Run, as_train_config, existing_run, run_arrays, run_file, run_lock, save_npz,
-                   save_snapshot, snapshot_file)
+from .runs import (LOG_KEYS, RUN_FILE, Run, as_train_config, enclosing_run, existing_run, run_arrays,
+                   run_file, run_files, run_lock, save_npz, save_snapshot, snapshot_file)
+
+# where --force writes the new run's first state, inside the old run's folder, until it is
+# complete and replaces the old run (a full disk then leaves the old run as it was)
+STAGING = ".force-new"
 
 
 def snapshot_schedule(total_steps, count, spacing="linear"):
-    """Steps at which to save snapshots, always including 0 and total_steps."""
+    """Steps at which to save snapshots, always including 0 and total_steps; a count above
+    the total_steps + 1 steps there are is every step (nothing of its size allocated)."""
+    count = min(count, total_steps + 1)
     if spacing == "log":
         steps = np.geomspace(1, total_steps, count - 1)
         steps = np.concatenate([[0], steps])
@@ -146,15 +156,14 @@ def _stored_run(out, cfg, tc, corpus, tokenizer, resume, force):
     the stored run's settings and data."""
     for stale in list(out.glob(".*.tmp")) + list(out.glob("snapshots/.*.tmp")):
         stale.unlink()   # a write a kill interrupted (we hold the lock); its target was never replaced
+    if (out / STAGING).is_dir():
+        shutil.rmtree(out / STAGING)   # a --force start killed before its first state: ours
     if not existing_run(out):
         if resume and not snapshot_file(out, 0).exists():
             raise ValueError(f"{run_file(out)}: no run to resume")
         return None      # empty, or a start killed before its first run.npz: start again
     if force:
-        shutil.rmtree(out / "snapshots")
-        run_file(out).unlink(missing_ok=True)
-        _writable_folder(out)
-        return None
+        return None      # replaced once the new run's first state is written (_replace_run)
     if not resume or not run_file(out).exists():
         raise ValueError(f"{out}: already holds a run; --resume to continue it, or --force "
                          f"to overwrite it")
@@ -172,6 +181,27 @@ def _stored_run(out, cfg, tc, corpus, tokenizer, resume, force):
                          f"{run.tokenizer.sha256[:12]}) is not the one learned from {tc.corpus} "
                          f"now (sha256 {tokenizer.sha256[:12]}); cannot resume on other tokens")
     return run
+
+
+def _replace_run(out, staging):
+    """Put the new run's first state (run.npz, snapshot 0 in `staging`) in place of the run
+    in `out`: only the files the run format names are deleted; renames, no space needed."""
+    old = run_files(out)
+    for path in [p for p in old if p.name == RUN_FILE] + [p for p in old if p.name != RUN_FILE]:
+        path.unlink()   # run.npz first: a kill from here on leaves no run.npz naming old snapshots
+    (out / "snapshots").mkdir(exist_ok=True)
+    os.replace(snapshot_file(staging, 0), snapshot_file(out, 0))
+    os.replace(run_file(staging), run_file(out))
+    shutil.rmtree(staging)
+
+
+def _remove_if_empty(folder):
+    """Remove `folder` and its snapshots/ if nothing is in them (a refused start's)."""
+    for path in (folder / "snapshots", folder):
+        try:
+            path.rmdir()
+        except OSError:
+            return
 
 
 def train_step(model, optimizer, tokens, lr, grad_clip, frozen=(), threads=1):
@@ -201,16 +231,28 @@ def train(out, model_config, train_config, resume=False, force=False, progress=T
     cfg = ModelConfig.from_dict(model_config)
     tc = as_train_config(train_config)
     check_fits(cfg, tc)
+    outer = enclosing_run(out)
+    if outer is not None:
+        raise ValueError(f"{out}: inside the folder of the run {outer}; choose an --out outside "
+                         f"any run's folder")
     text = corpus_from_spec(tc.corpus)
     corpus, tokenizer = tokenize(text, tc.tokenizer)
     check_corpus(corpus, cfg, tc, tokenizer)
     with run_lock(out, wait=False):
-        _writable_folder(out)
-        run = _stored_run(out, cfg, tc, text, tokenizer, resume, force)
-        return _train(out, cfg, tc, corpus, tokenizer, run, progress, smear)
+        created = not out.exists()
+        try:
+            _writable_folder(out)
+            run = _stored_run(out, cfg, tc, text, tokenizer, resume, force)
+            replacing = force and existing_run(out)
+            return _train(out, cfg, tc, corpus, tokenizer, run, progress, smear, replacing)
+        except BaseException:
+            if created and not run_file(out).exists():   # a start that saved nothing leaves nothing
+                snapshot_file(out, 0).unlink(missing_ok=True)
+                _remove_if_empty(out)
+            raise
 
 
-def _train(out, cfg, tc, corpus, tokenizer, run, progress, smear):
+def _train(out, cfg, tc, corpus, tokenizer, run, progress, smear, replacing=False):
     tokens_per_step = tc.batch_size * cfg.n_ctx
     total_steps = max(1, math.ceil(tc.total_tokens / tokens_per_step))
     schedule = snapshot_schedule(total_steps, tc.snapshots, tc.snapshot_spacing)
@@ -242,22 +284,41 @@ def _train(out, cfg, tc, corpus, tokenizer, run, progress, smear):
     start = time.time() - elapsed
     loss = lr = None
 
-    def save_state():
+    def save_state(folder):
         host = {k: to_numpy(v) for k, v in model.params.items()}
-        save_snapshot(out, step, step * tokens_per_step, host)
+        if not all(np.isfinite(v).all() for v in host.values()):
+            diverged(f"the weights hold NaN or infinite values at step {step} (loss {loss})")
+        save_snapshot(folder, step, step * tokens_per_step, host)
+        opt_state = {k: to_numpy(v) for k, v in optimizer.state.items()}
+        save_npz(run_file(folder), run_arrays(
+            cfg.to_dict(), tc.to_dict(), {"name": corpus.name, "sha256": corpus.sha256},
+            eval_tokens, token_counts, log, snapshots + [(step, step * tokens_per_step)], host,
+            opt_state, step, step * tokens_per_step, rng.bit_generator.state, tokenizer))
         snapshots.append((step, step * tokens_per_step))
         saved.add(step)
-        opt_state = {k: to_numpy(v) for k, v in optimizer.state.items()}
-        save_npz(run_file(out), run_arrays(
-            cfg.to_dict(), tc.to_dict(), {"name": corpus.name, "sha256": corpus.sha256},
-            eval_tokens, token_counts, log, snapshots, host, opt_state, step,
-            step * tokens_per_step, rng.bit_generator.state, tokenizer))
         bar.snapshot(step, loss, lr)
+
+    def diverged(what):
+        bar.done()
+        kept = (f"the run keeps its last finite state, step {snapshots[-1][0]}" if snapshots
+                else "nothing was saved")
+        raise ValueError(f"{out}: training diverged: {what}; stopped there, {kept}; "
+                         f"try a smaller lr (now {tc.lr:g})")
 
     saved = {s for s, _ in snapshots}
     while True:
         if step in schedule and step not in saved:
-            save_state()
+            if replacing:   # --force: the old run stays until this first state is complete
+                staging = out / STAGING
+                try:
+                    staging.mkdir(exist_ok=True)
+                    save_state(staging)
+                    _replace_run(out, staging)
+                finally:
+                    shutil.rmtree(staging, ignore_errors=True)
+                replacing = False
+            else:
+                save_state(out)
         if step >= total_steps:
             break
         tokens = random_crops(corpus.train, tc.batch_size, cfg.n_ctx, rng, tc.bos_first)
@@ -266,8 +327,12 @@ def _train(out, cfg, tc, corpus, tokenizer, run, progress, smear):
         if tc.synthetic_fraction:
             random_repeat_windows(tokens, tc.synthetic_fraction, rng, d_vocab=cfg.d_vocab)
         lr = learning_rate(step, tc.lr, tc.warmup_steps, total_steps, tc.schedule)
-        loss, grad_norm = to_floats(*train_step(model, optimizer, tokens, lr, tc.grad_clip, frozen,
-                                                         tc.threads))
+        with warnings.catch_warnings():   # a diverging step's overflow: said in one line below
+            warnings.filterwarnings("ignore", "(overflow|invalid value|divide by zero)", RuntimeWarning)
+            loss, grad_norm = to_floats(*train_step(model, optimizer, tokens, lr, tc.grad_clip,
+                                                    frozen, tc.threads))
+        if not (math.isfinite(loss) and math.isfinite(grad_norm)):
+            diverged(f"step {step + 1} has loss {loss:g}, gradient norm {grad_norm:g}")
         step += 1
         for key, value in zip(LOG_KEYS, (step, step * tokens_per_step, loss, lr, grad_norm,
                                     time.time() - start)):
@@ -292,14 +357,44 @@ def build_parser():
                                          "synthetic:repeated|template")
     add_device_argument(parser, default=None)   # None: the preset's (cpu); --resume follows it too
     parser.add_argument("--resume", action="store_true", help="continue the run in --out where it stopped")
-    parser.add_argument("--force", action="store_true", help="overwrite a run already in --out")
+    parser.add_argument("--force", action="store_true", help="replace the run in --out (its run.npz and snapshots only; "
+                             "the old run stays until the new run's first state is written)")
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
     return parser
 
 
+def parse_arguments(argv=None):
+    """The command's flags, and its key=value overrides from both sides of any flag, in
+    order. argparse alone (parse_intermixed_args included, on some Python versions) leaves
+    a key=value that follows a flag after other key=values "unrecognized"; here such words
+    join the overrides, and an unknown flag is still argparse's error."""
+    parser = build_parser()
+    args, rest = parser.parse_known_args(argv)
+    unknown = [word for word in rest if word.startswith("-")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    args.overrides = list(args.overrides) + rest   # the positional takes the first run of them
+    return args
+
+
+def _interrupted(out, force, started):
+    """What to do after Ctrl-C, from what the run's folder holds now."""
+    saved = run_file(out) if os.path.isdir(out) else None
+    if saved is not None and saved.exists() and (not force or saved.stat().st_mtime >= started):
+        return (f"interrupted; the run in {out} continues from its last snapshot with the same "
+                f"command and --resume" + (" in place of --force" if force else ""))
+    if force and saved is not None and saved.exists():
+        return (f"interrupted before the new run's first state was saved; {out} still holds "
+                f"the old run, unchanged")
+    return (f"interrupted before anything was saved; nothing to resume: run the same command "
+            f"again (without --resume)")
+
+
 def main(argv=None):
-    args = build_parser().parse_intermixed_args(argv)   # key=value on both sides of a flag
+    tolerant_streams()   # a path the terminal's encoding cannot show is escaped, not a crash
+    args = parse_arguments(argv)
+    started = time.time()
     try:
         model, train_config = preset(args.preset)
         for flag in ("corpus", "device"):
@@ -314,8 +409,7 @@ def main(argv=None):
     except OSError as e:
         return os_error(e, args.out)
     except KeyboardInterrupt:
-        print(f"\ninterrupted; the run in {args.out} continues from its last snapshot with the "
-              f"same command and --resume", file=sys.stderr)
+        print("\n" + _interrupted(args.out, args.force, started), file=sys.stderr)
         return 130
     final = run.log["loss"][-50:]
     print(f"{run.dir}: {run.step} steps, {run.tokens:,} "

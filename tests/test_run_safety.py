@@ -131,13 +131,135 @@ def test_empty_out_is_refused(tmp_path, capsys, monkeypatch):
     assert not list(tmp_path.iterdir())
 
 
-def test_ctrl_c_is_one_line_saying_how_to_resume(tmp_path, capsys, monkeypatch):
-    def interrupted(*args):
-        raise KeyboardInterrupt
-    monkeypatch.setattr("minitransformer.train._train", interrupted)
-    assert main(FLAGS + ["--out", str(tmp_path / "r")]) == 130
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_before_anything_is_saved_says_to_start_again(tmp_path, capsys, monkeypatch):
+    """Round 2, item 20: the advice was --resume, which then found no run to resume."""
+    monkeypatch.setattr("minitransformer.train._train", _interrupt)
+    out = tmp_path / "r"
+    assert main(FLAGS + ["--out", str(out)]) == 130
     err = capsys.readouterr().err.strip()
-    assert "--resume" in err and "Traceback" not in err and "\n" not in err
+    assert "Traceback" not in err and "\n" not in err
+    assert "before anything was saved" in err and "without --resume" in err, err
+    assert not out.exists()
+    monkeypatch.undo()
+    assert main(FLAGS + ["--out", str(out), "total_tokens=3000"]) == 0   # the advice works
+
+
+def test_ctrl_c_after_a_snapshot_says_resume(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr("minitransformer.train.Progress.snapshot", _interrupt)   # after run.npz
+    out = tmp_path / "r"
+    assert main(FLAGS + ["--out", str(out), "total_tokens=3000"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "same command and --resume" in err, err
+    monkeypatch.undo()
+    assert main(FLAGS + ["--out", str(out), "total_tokens=3000", "--resume"]) == 0
+
+
+def test_ctrl_c_during_force_before_the_new_state_keeps_the_old_run(tiny, capsys, monkeypatch):
+    out, before = tiny
+    monkeypatch.setattr("minitransformer.train._replace_run", _interrupt)
+    assert main(FLAGS + ["--out", str(out), "--force", "seed=4"]) == 130
+    err = capsys.readouterr().err.strip()
+    assert "still holds the old run" in err and "\n" not in err, err
+    assert (out / "run.npz").read_bytes() == before and not (out / ".force-new").exists()
+
+
+def test_too_many_snapshots_means_every_step(tmp_path, capsys):
+    """Round 2, item 5: snapshots=1e12 allocated a schedule of 1e12 steps (a traceback)."""
+    out = tmp_path / "r"
+    assert main(FLAGS + ["--out", str(out), "snapshots=1e12", "total_tokens=3000"]) == 0
+    assert Run(out).snapshot_steps.tolist() == list(range(13))    # 12 steps of 256 tokens
+
+
+@pytest.mark.parametrize("flags", [["--resume"], ["n_layers=1", "--resume"]])
+def test_a_refused_start_leaves_no_folder(tmp_path, capsys, flags):
+    out = tmp_path / "new" / "r"
+    assert main(FLAGS + ["--out", str(out)] + flags) == 2
+    one_line_error(capsys, "no run to resume")
+    assert not out.exists()
+
+
+def test_a_diverging_run_stops_at_the_first_non_finite_loss(tmp_path, capsys):
+    """Round 2, item 13: lr=1e30 trained every step on NaN, then every tool refused the run."""
+    out = tmp_path / "r"
+    assert main(FLAGS + ["--out", str(out), "lr=1e30"]) == 2
+    err = one_line_error(capsys, "training diverged", "loss nan", "last finite state, step 0",
+                         "lr (now 1e+30)")
+    assert "RuntimeWarning" not in err
+    run = Run(out)                                   # the run loads: its last finite state
+    assert run.step == 0 and np.isfinite(run.params(0)["embed.W_E"]).all()
+    assert main(FLAGS + ["--out", str(out), "lr=1e30", "--resume"]) == 2   # resumes, stops again
+    one_line_error(capsys, "training diverged")
+    assert main(FLAGS + ["--out", str(out), "--force", "total_tokens=3000"]) == 0
+
+
+def test_snapshots_before_a_divergence_are_kept(tmp_path, capsys, monkeypatch):
+    from minitransformer import train as train_module
+    real = train_module.to_floats
+    calls = []
+
+    def nan_at_step_40(*values):
+        calls.append(1)
+        loss, norm = real(*values)
+        return (float("nan") if len(calls) == 40 else loss), norm
+    monkeypatch.setattr(train_module, "to_floats", nan_at_step_40)
+    out = tmp_path / "r"
+    assert main(FLAGS + ["--out", str(out)]) == 2        # tiny: snapshots 0, 31, 63, ...
+    one_line_error(capsys, "step 40 has loss nan", "last finite state, step 31")
+    run = Run(out)
+    assert run.snapshot_steps.tolist() == [0, 31] and run.step == 31
+    assert np.isfinite(run.log["loss"]).all() and run.params(31)
+
+
+def test_none_is_a_positional_embedding_type(tmp_path):
+    """Round 2, item 15: 'none' was parsed as Python's None."""
+    from minitransformer.presets import apply_overrides
+    model, train_config = preset("tiny")
+    apply_overrides(model, train_config, ["positional_embedding_type=none"])
+    assert model["positional_embedding_type"] == "none"
+    model, train_config = preset("attn-only-ln-2l")
+    apply_overrides(model, train_config, ["normalization_type=none", "d_head=None"])
+    assert model["normalization_type"] is None and model["d_head"] is None
+    assert main(FLAGS + ["--out", str(tmp_path / "r"), "positional_embedding_type=none",
+                         "total_tokens=3000"]) == 0
+    assert Run(tmp_path / "r").config.positional_embedding_type == "none"
+
+
+def test_overrides_on_both_sides_of_a_flag_whatever_argparse_does(tmp_path, monkeypatch):
+    """Round 2, item 16: a key=value after --quiet was 'unrecognized' where argparse's
+    parse_intermixed_args does not gather it (not on Python 3.11.7; some other versions):
+    the command no longer depends on it (here it behaves like parse_args)."""
+    import argparse
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_intermixed_args",
+                        argparse.ArgumentParser.parse_args)
+    out = tmp_path / "x"
+    assert main(["--preset", "tiny", "--out", str(out), "lr=1e-3", "--quiet",
+                 "total_tokens=3000", "--corpus", "synthetic:repeated", "seed=2"]) == 0
+    stored = Run(out).train_config
+    assert (stored["lr"], stored["total_tokens"], stored["seed"]) == (1e-3, 3000, 2)
+    with pytest.raises(SystemExit) as exit_:
+        main(["--preset", "tiny", "--out", str(out), "a=1", "--bogus", "b=2"])
+    assert exit_.value.code == 2
+
+
+def test_a_path_the_terminal_cannot_encode_is_escaped(tmp_path):
+    """Round 2, item 11: PYTHONIOENCODING=ascii and a non-ASCII --out ended in a
+    UnicodeEncodeError at the final print (and at an error's)."""
+    import subprocess
+    import sys
+    env = dict(os.environ, PYTHONIOENCODING="ascii")
+    out = tmp_path / "r\u00e9sum\u00e9"
+    command = [sys.executable, "-m", "minitransformer.train", "--out", str(out)] + FLAGS
+    done = subprocess.run(command + ["total_tokens=3000"], env=env, capture_output=True,
+                          text=True, encoding="ascii", errors="strict", timeout=300)
+    assert done.returncode == 0 and "r\\xe9sum\\xe9: 12 steps" in done.stdout, done.stderr
+    done = subprocess.run(command + ["total_tokens=3000"], env=env, capture_output=True,
+                          text=True, encoding="ascii", errors="strict", timeout=300)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert "r\\xe9sum\\xe9: already holds a run" in done.stderr
 
 
 def test_atomic_writes_respect_the_umask(tmp_path):
