@@ -28,6 +28,7 @@ from minitransformer.runs import Run
 
 from .cli import (Column, column, format_table, head_rows, pyplot,
                   run_parser, save_figure, selected_steps, snapshots)
+from .evaluators import require_n_ctx
 from .scores import CLASS_RULE
 from minitransformer.cpu import command_settings
 
@@ -103,6 +104,7 @@ def main(argv=None):
         if args.plot:
             output_file(args.plot, "--plot")
         run = Run(args.run, args.device)
+        require_n_ctx(run.config.n_ctx, "python -m circuits.eigen")
         with command_settings():
             rows = run_rows(run, selected_steps(run, args))
     except ValueError as e:

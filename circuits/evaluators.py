@@ -35,6 +35,17 @@ def repeated_random_tokens(n_examples=10, length=25, repeats=4, token_counts=Non
     return np.concatenate([bos, np.tile(segments, (1, repeats))], axis=1).astype(np.int64)
 
 
+MIN_N_CTX = 5    # BOS + 4 repeats of at least one token: the shortest prefix-matching sample
+
+
+def require_n_ctx(n_ctx, who="the head scores", minimum=MIN_N_CTX):
+    """A one-line ValueError naming n_ctx and `minimum` if a model's context is too short for
+    `who` (a tool or a score); every head score reads prefix matching, so MIN_N_CTX for all."""
+    if int(n_ctx) < minimum:
+        raise ValueError(f"n_ctx {int(n_ctx)} is too short for {who}: it needs n_ctx >= {minimum} "
+                         f"(the prefix-matching sample is BOS + 4 repeats of at least one token)")
+
+
 def prefix_matching_score(model, n_examples=10, length=25, repeats=4, token_counts=None, seed=0):
     """Prefix matching: on BOS + 25 random tokens x 4, the attention each token in a later
     repeat pays to the tokens that followed the same token in earlier repeats (summed over
@@ -43,6 +54,7 @@ def prefix_matching_score(model, n_examples=10, length=25, repeats=4, token_coun
     A model with n_ctx < 1 + length * repeats gets shorter sequences, length (n_ctx-1)//repeats.
     -> (n_layers, n_heads)."""
     cfg = model.config
+    require_n_ctx(cfg.n_ctx, "prefix_matching_score", 1 + repeats)
     length = min(length, (cfg.n_ctx - 1) // repeats)
     tokens = repeated_random_tokens(n_examples, length, repeats, token_counts, cfg.d_vocab, seed)
     _, cache = model.run_with_cache(tokens)

@@ -33,6 +33,7 @@ from minitransformer.runs import Run
 from .ablation import ablation_losses, icl_change
 from .cli import (column, format_table, head_rows, pyplot, run_parser,
                   save_figure, selected_steps, snapshots, text, value)
+from .evaluators import require_n_ctx
 from .icl import icl_score
 from .scores import CLASS_RULE
 from minitransformer.cpu import command_settings
@@ -184,9 +185,12 @@ def main(argv=None):
     try:
         if args.n_eval is not None and args.n_eval < 1:
             raise ValueError("--n-eval: must be at least 1")
+        if args.plot and not args.validate:
+            raise ValueError(f"--plot {args.plot}: draws --validate's scatter plots; add --validate")
         if args.plot:
             output_file(args.plot, "--plot")
         run = Run(args.run, args.device)
+        require_n_ctx(run.config.n_ctx, "python -m circuits.heads")
         steps = selected_steps(run, args, all_by_default=args.validate)
         with command_settings():
             if args.validate:

@@ -28,6 +28,7 @@ run this, or make notebooks, after changing a solution.
 """
 import argparse
 import ast
+import os
 import pathlib
 import re
 import sys
@@ -36,6 +37,7 @@ import textwrap
 import nbformat
 
 from exercises.make_stubs import HERE, Block, parse, render, solution_files
+from minitransformer.io import atomic_write_text, error, os_error
 
 OUT = HERE / "notebooks"                           # the students' notebooks
 SOLUTIONS_OUT = HERE / "solutions" / "notebooks"   # the solution notebooks (git-ignored)
@@ -184,9 +186,25 @@ def write_notebooks(out=OUT, solutions_out=SOLUTIONS_OUT):
         for folder, stub in folders:
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{path.stem}.ipynb"
-            nbformat.write(notebook(path, stub), target)
+            text = nbformat.writes(notebook(path, stub))
+            try:
+                atomic_write_text(target, text if text.endswith("\n") else text + "\n")
+            except OSError as e:    # a full disk names no file: this one
+                raise ValueError(f"{target}: cannot write ({e.strerror or e})") from None
             written.append(target)
     return written
+
+
+def writable_folder(path, flag):
+    """A one-line ValueError naming `flag` unless `path` is a folder that can be written, or
+    can be made in one (checked before anything is written)."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{flag} {path}: is not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"{flag} {path}: cannot write there ({existing} is not a writable folder)")
 
 
 def main(argv=None):
@@ -198,7 +216,14 @@ def main(argv=None):
                         help="the solution notebooks' folder (default "
                              "exercises/solutions/notebooks)")
     args = parser.parse_args(argv)
-    written = write_notebooks(args.out, args.solutions_out)
+    try:
+        writable_folder(args.out, "--out")
+        writable_folder(args.solutions_out, "--solutions-out")
+        written = write_notebooks(args.out, args.solutions_out)
+    except ValueError as e:
+        return error(e)
+    except OSError as e:            # a full disk; a folder made read-only since the check
+        return os_error(e, args.out)
     print(f"wrote {len(written) // 2} students' notebooks to {args.out}/ and the solution "
           f"notebooks to {args.solutions_out}/")
     return 0

@@ -1,5 +1,7 @@
 """Every measurement the Model Analysis Table draws, for every snapshot of one run, cached in
-<run>/measurements.npz (recomputed when missing, older than the run, or of another version).
+<run>/measurements.npz (recomputed when missing, older than the run, of another version, or
+not fitting the run: its snapshots, layers, heads or eval set; a line says why). The file's
+folder is checked before the minutes of computing; the head scores need n_ctx >= 5.
 
     python -m experiments.measure runs/sweep/attn-only-2l
 
@@ -14,6 +16,7 @@ move them (docs/backends-and-speed.md).
 """
 import argparse
 import dataclasses
+import os
 import sys
 import time
 from dataclasses import dataclass
@@ -23,7 +26,9 @@ import numpy as np
 from circuits import HeadScores, ablation_losses, icl_change, icl_score
 from minitransformer.cpu import command_settings
 from minitransformer.backend import add_device_argument
-from minitransformer.io import error
+from circuits.evaluators import require_n_ctx
+from minitransformer.io import error, os_error
+from minitransformer.npz import one_line
 from minitransformer.runs import Run, read_npz, run_file, save_npz
 
 from .losses import snapshot_losses
@@ -83,8 +88,12 @@ class Measurements:
         missing = [f.name for f in dataclasses.fields(cls) if f.name not in arrays]
         if missing:
             raise ValueError(f"{path}: missing key {missing[0]!r}")
-        return cls(**{f.name: SCALARS[f.name](arrays[f.name]) if f.name in SCALARS else arrays[f.name]
-                      for f in dataclasses.fields(cls)})
+        for name in SCALARS:
+            if np.size(arrays[name]) != 1:
+                raise ValueError(f"{path}: key {name!r} has shape {np.shape(arrays[name])}, "
+                                 f"expected one number")
+        return cls(**{f.name: SCALARS[f.name](arrays[f.name].item()) if f.name in SCALARS
+                      else arrays[f.name] for f in dataclasses.fields(cls)})
 
     def write(self, path):
         save_npz(path, {f.name: np.asarray(getattr(self, f.name)) for f in dataclasses.fields(self)})
@@ -94,23 +103,66 @@ def measurement_file(run):
     return run.dir / "measurements.npz"
 
 
+def writable(path):
+    """A one-line ValueError naming `path` if the measurements cannot be written there (a
+    folder in its place, a read-only run folder); a full disk shows only when written."""
+    if path.exists() and not path.is_file():
+        raise ValueError(f"{path}: cannot write the measurements (not a file)")
+    if not os.access(path.parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{path}: cannot write the measurements ({path.parent} is not a "
+                         f"writable folder)")
+
+
 def random_positions(n_examples, n_positions, seed=0):
     """One fixed random index into each sequence's (T-1) per-token losses."""
     return np.random.default_rng(seed).integers(0, n_positions, n_examples)
 
 
-def cached_measurements(run, path=None):
-    """The cached Measurements of `run` if they are fresh (and readable), else None."""
+def cached_measurements(run, path=None, log=None):
+    """The cached Measurements of `run` if they are fresh, readable and fit the run, else None
+    (with `log`, one line saying why a cache there is not used)."""
     path = path or measurement_file(run)
     if not path.exists() or path.stat().st_mtime < run_file(run.dir).stat().st_mtime:
         return None
     try:
         cached = Measurements.read(path)
-    except ValueError:   # a broken or partial cache is computed again
-        return None
-    if cached.version != VERSION or not np.array_equal(cached.steps, run.snapshot_steps):
+        misfit = None if cached.version == VERSION else f"version {cached.version}, not {VERSION}"
+        misfit = misfit or cache_misfit(cached, run)
+    except (ValueError, TypeError, OverflowError) as e:   # broken, partial: computed again
+        misfit = one_line(e).removeprefix(f"{path}: ")
+    if misfit:
+        if log:
+            log(f"{path}: not used ({misfit}); measuring again")
         return None
     return cached
+
+
+def cache_misfit(m, run):
+    """-> None if Measurements `m` fit `run` (its snapshots, layers, heads and eval set: every
+    field of the shape and the kind Measurements says), else what does not, in a few words."""
+    S, (N, T) = len(run.snapshot_steps), run.eval_tokens.shape
+    L, H = run.config.n_layers, run.config.n_heads
+    if (m.n_layers, m.n_heads) != (L, H):
+        return f"n_layers {m.n_layers}, n_heads {m.n_heads}; the run has {L}, {H}"
+    if m.steps.shape != (S,) or not np.array_equal(m.steps, run.snapshot_steps):
+        return f"'steps' are not the run's {S} snapshots"
+    A, G = m.ablation_steps.shape[:1] or (-1,), m.group_names.shape[:1] or (-1,)
+    expected = {name: ((S, L, H), "iuf") for name in HEAD_SCORES}
+    expected.update(tokens=((S,), "iuf"), ctx_loss=((S, T - 1), "iuf"), random_index=((N,), "iu"),
+                    random_loss=((S, N), "iuf"), ablation_steps=((A[0],), "iu"),
+                    ablation_icl=((A[0], L * H), "iuf"),
+                    ablation_random=((A[0], L * H, min(N_ABLATE, N)), "iuf"),
+                    ablation_clean_icl=((A[0],), "iuf"), classes=((L, H), "U"),
+                    group_names=((G[0],), "U"), group_icl=((G[0],), "iuf"))
+    for name, (shape, kinds) in expected.items():
+        array = getattr(m, name)
+        if array.shape != shape or array.dtype.kind not in kinds:
+            return f"{name!r} is {array.dtype} {array.shape}, expected {shape}"
+    if ((m.random_index < 0) | (m.random_index >= T - 1)).any():
+        return "'random_index' outside the context"
+    if not np.isin(m.ablation_steps, m.steps).all():
+        return "'ablation_steps' not among the snapshots"
+    return None
 
 
 def ablation_snapshots(steps, tokens, ctx_loss, prefix_matching):
@@ -135,9 +187,11 @@ def group_ablations(classes):
 def measure_run(run, log=None, force=False):
     """-> the Measurements of `run`, from the cache or computed (and cached)."""
     path = measurement_file(run)
-    cached = None if force else cached_measurements(run, path)
+    cached = None if force else cached_measurements(run, path, log)
     if cached is not None:
         return cached
+    require_n_ctx(run.config.n_ctx, "experiments.measure")
+    writable(path)                  # before the minutes of computing, not after
     start = time.time()
     steps = run.snapshot_steps
     n, t = run.eval_tokens.shape
@@ -175,7 +229,10 @@ def measure_run(run, log=None, force=False):
                      group_names=np.array([name for name, _ in groups], dtype=str),
                      group_icl=icl_change(grouped), clean_icl_ablate=icl_score(grouped.clean),
                      n_layers=run.config.n_layers, n_heads=run.config.n_heads)
-    m.write(path)
+    try:
+        m.write(path)
+    except OSError as e:            # a full disk, or the folder changed while measuring
+        raise ValueError(f"{path}: cannot write the measurements ({e.strerror or e})") from None
     if log:
         log(f"{run.dir.name}: measurements written to {path} ({time.time() - start:.0f} s)")
     return m
@@ -188,12 +245,15 @@ def main(argv=None):
     parser.add_argument("--force", action="store_true", help="recompute even if cached")
     add_device_argument(parser)
     args = parser.parse_args(argv)
+    path = None
     try:
         with command_settings():
             for path in args.runs:
                 measure_run(Run(path, args.device), log=print, force=args.force)
     except ValueError as e:
         return error(e)
+    except OSError as e:            # measure_run names its own file; anything else its run
+        return os_error(e, path)
     return 0
 
 

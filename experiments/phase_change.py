@@ -18,10 +18,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from circuits import HeadScores, ablation_losses, icl_change, repeated_random_tokens
+from circuits.evaluators import require_n_ctx
 from circuits.icl import context_indices, icl_score
 from minitransformer.backend import add_device_argument
 from minitransformer.cpu import command_settings
-from minitransformer.io import atomic_write, atomic_write_text, error, output_file
+from minitransformer.io import (atomic_write, atomic_write_text, cannot_write, error, os_error,
+                              output_file)
 from minitransformer.runs import Run
 
 from .losses import snapshot_losses
@@ -100,14 +102,39 @@ def head_shares(run, step, n=N_ABLATE):
     return removed_share(icl_change(result), icl_score(result.clean))
 
 
+SYNTHETIC_CORPORA = {
+    "synthetic:repeated": "SYNTHETIC: random segments of random tokens, each repeated 2-4 times",
+    "synthetic:template": "SYNTHETIC: template lines 'category: word', each category bound to "
+                          "one word per document"}
+
+
 def data_line(run):
-    """What the model was trained on, with the synthetic assistance named when there was any."""
+    """What the model was trained on: a synthetic corpus said to be one, and the synthetic
+    assistance of a natural one named when there was any."""
     tc = run.train_config
+    name = run.corpus["name"]
     planted = [f"{share:.0%} of windows {what}" for share, what in
                ((tc.get("synthetic_fraction", 0), "replaced by repeated random tokens"),
                 (tc.get("repeat_fraction", 0), "given a repeated span")) if share]
-    return (f"  training data: {run.corpus['name']} (sha256 {run.corpus['sha256'][:12]}), "
-            + ("SYNTHETIC-ASSISTED: " + ", ".join(planted) if planted else "natural text only"))
+    if name in SYNTHETIC_CORPORA or name.startswith("synthetic:"):
+        kind = SYNTHETIC_CORPORA.get(name, "SYNTHETIC text")
+        what = kind + ("; also " + ", ".join(planted) if planted else "")
+    else:
+        what = "SYNTHETIC-ASSISTED: " + ", ".join(planted) if planted else "natural text only"
+    return f"  training data: {name} (sha256 {run.corpus['sha256'][:12]}), {what}"
+
+
+def control_run(run, control):
+    """`control` (a Run) if it can be `run`'s 1-layer control: one layer, and not the run
+    itself; else a one-line ValueError naming --control."""
+    if control.dir.resolve() == run.dir.resolve():
+        raise ValueError(f"--control {control.dir}: is the run itself; the control is a "
+                         f"separate 1-layer run")
+    if control.config.n_layers != 1:
+        raise ValueError(f"--control {control.dir}: a {control.config.n_layers}-layer run; the "
+                         f"control must be a 1-layer run")
+    require_n_ctx(control.config.n_ctx, "python -m experiments.phase_change (--control)")
+    return control
 
 
 def summary_lines(run, a, control=None):
@@ -259,19 +286,22 @@ def main(argv=None):
     parser.add_argument("--png", help="figure path (default <run>/phase_change.png)")
     add_device_argument(parser)
     args = parser.parse_args(argv)
+    png = None
     try:
         if args.points < 2:
             raise ValueError(f"--points {args.points}: must be at least 2")
         run = Run(args.run, args.device)
+        require_n_ctx(run.config.n_ctx, "python -m experiments.phase_change")
+        control = control_run(run, Run(args.control, args.device)) if args.control else None
         png = output_file(args.png or run.dir / "phase_change.png", "--png")
         with command_settings(blas=None):
-            control = analyse(Run(args.control, args.device), args.points) if args.control else None
+            control = analyse(control, args.points) if control is not None else None
             a = analyse(run, args.points)
         plot(run, a, png, control)
     except ValueError as e:
         return error(e)
-    except OSError as e:
-        return error(f"{e.filename or args.png}: cannot write ({e.strerror or e})")
+    except OSError as e:      # the figure (a full disk: no file name on the error)
+        return cannot_write("--png", png, e) if png is not None else os_error(e, args.run)
     print("\n".join(summary_lines(run, a, control)))
     with contextlib.suppress(OSError):   # a cache beside the run: none in a read-only run folder
         atomic_write_text(run.dir / "phase_change.json", to_json(a))

@@ -21,7 +21,7 @@ import numpy as np
 from circuits.icl import context_indices
 from minitransformer.backend import add_device_argument
 from minitransformer.cpu import command_settings
-from minitransformer.io import atomic_write_text, cannot_write, error, output_file
+from minitransformer.io import atomic_write_text, cannot_write, error, os_error, output_file
 from minitransformer.runs import Run
 
 from . import attention_view, claims, explore, figures, seeds, table
@@ -343,7 +343,9 @@ def main(argv=None):
                                         measure=not args.cached_only, device=args.device)
     except ValueError as e:
         return error(e)
-    except OSError as e:
+    except OSError as e:            # --out's, unless the error names a file elsewhere
+        if e.filename and not pathlib.Path(e.filename).resolve().is_relative_to(out.resolve()):
+            return os_error(e, out)
         return cannot_write("--out", out, e)
     print("\n".join(lines))
     if args.markdown:   # from the measurements build just cached

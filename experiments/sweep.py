@@ -11,7 +11,9 @@ pool, one BLAS thread each (two single-threaded jobs beat one two-threaded one o
 engine), or on a Dask distributed cluster whose workers see the same --root directory: there
 each job's output (its progress, throttled, and its measurement steps) comes back to the client
 as Dask events, printed prefixed with the job's name.
-Starting an interrupted sweep again skips everything already done. Seed k of a model
+Ctrl-C stops the sweep and its local workers at once (exit status 130), and a local worker
+dies with its sweep however the sweep ends (killed too). Starting an interrupted sweep again
+skips everything already done. Seed k of a model
 (TrainConfig.seed: its initialisation and its data order; the eval set is the same for all)
 goes to root/NAME for k = 0 and to root/NAME-seed<k> otherwise.
 """
@@ -32,6 +34,7 @@ from dataclasses import dataclass
 
 from minitransformer.backend import add_device_argument
 from minitransformer.cpu import command_settings
+from minitransformer.io import error, os_error
 from minitransformer.presets import apply_overrides, preset
 from minitransformer.runs import Run, run_file, run_lock
 from minitransformer import train as train_module
@@ -130,6 +133,13 @@ def run_job(job, root, measure=True, progress=True, device="cpu"):
     short status line."""
     start = time.time()
     out = pathlib.Path(root) / job.folder
+    try:
+        return _run_job(job, out, measure, progress, device, start)
+    except OSError as e:            # a full disk names no file: the run's folder then
+        raise ValueError(f"{e.filename or out}: {e.strerror or e}") from None
+
+
+def _run_job(job, out, measure, progress, device, start):
     with run_lock(out, log=lambda line: print(line, flush=True)), command_settings():
         model, train_config = job.configs()
         train_config["device"] = device
@@ -164,12 +174,17 @@ def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print, de
     if scheduler is None:
         os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")   # for the spawned workers
         pool = concurrent.futures.ProcessPoolExecutor(
-            workers, mp_context=multiprocessing.get_context("spawn"))
-        with pool:
+            workers, mp_context=multiprocessing.get_context("spawn"),
+            initializer=_worker_start, initargs=(os.getpid(),))
+        try:
             futures = {pool.submit(run_job, job, str(root), measure, True, device): job
                        for job in jobs}
             for future in concurrent.futures.as_completed(futures):
                 _collect(future, futures[future], lines, failures, log)
+        except BaseException:          # Ctrl-C, or anything else: the workers stop now
+            _stop_pool(pool)
+            raise
+        pool.shutdown()
     else:
         from distributed import Client, as_completed
         client = scheduler if isinstance(scheduler, Client) else Client(scheduler)
@@ -189,6 +204,10 @@ def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print, de
             # a job's events reach the client before its result (one ordered stream each way)
             for future in as_completed(list(futures)):
                 _collect(future, futures[future], lines, failures, say)
+        except BaseException:          # Ctrl-C: the cluster drops this sweep's jobs
+            with contextlib.suppress(Exception):
+                client.cancel(list(futures))
+            raise
         finally:
             with contextlib.suppress(Exception):
                 client.unsubscribe_topic(topic)
@@ -197,6 +216,47 @@ def run_sweep(jobs, root, workers=2, scheduler=None, measure=True, log=print, de
     if failures:
         raise RuntimeError(f"{len(failures)} of {len(jobs)} jobs failed: " + "; ".join(failures))
     return lines
+
+
+# ---- local workers that stop with the sweep --------------------------------------------------
+
+PARENT_POLL = 1.0        # seconds between a worker's checks that the sweep is still there
+_PR_SET_PDEATHSIG = 1
+
+
+def _worker_start(parent):
+    """A local worker's initializer: it ignores Ctrl-C (the sweep stops it) and dies with the
+    sweep: on Linux the kernel kills it when the sweep's process goes (prctl PR_SET_PDEATHSIG),
+    and everywhere a thread ends it within PARENT_POLL seconds of os.getppid() changing, so
+    that a killed sweep leaves no worker finishing its job alone."""
+    import signal
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if sys.platform.startswith("linux"):
+        with contextlib.suppress(Exception):
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:      # the sweep died before the line above
+        os._exit(1)
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL)
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def _stop_pool(pool):
+    """Stop a local pool at once: queued jobs cancelled, running workers terminated (a run
+    is written atomically and resumes from its last snapshot; the OS drops its lock)."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.terminate()
+    for process in processes:
+        with contextlib.suppress(Exception):
+            process.join(5)
 
 
 def _collect(future, job, lines, failures, log):
@@ -382,6 +442,7 @@ def default_root(small, recipe="bytes"):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    root = None
     if args.workers < 1:
         print("error: --workers must be at least 1", file=sys.stderr)
         return 2
@@ -391,9 +452,14 @@ def main(argv=None):
         print(f"{len(jobs)} jobs into {root} ({'Dask ' + args.scheduler if args.scheduler else f'{args.workers} local processes'})")
         run_sweep(jobs, root, args.workers, args.scheduler, measure=not args.train_only,
                   device=args.device)
-    except (ValueError, RuntimeError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the sweep's workers are stopped; run it again to resume",
+              file=sys.stderr)
+        return 130
+    except (ValueError, RuntimeError) as e:
+        return error(e)
+    except OSError as e:            # the root folder: named when the error does not
+        return os_error(e, root)
     return 0
 
 
