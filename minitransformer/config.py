@@ -6,10 +6,19 @@ config reads the same in both; `smeared_key` is ours (paper, Argument 2).
 from dataclasses import dataclass, fields, asdict
 import math
 import numbers
+import reprlib
+import sys
 
 POSITIONAL_TYPES = ("shortformer", "standard", "none")
 NORMALIZATION_TYPES = ("LN", None)
 ACT_FNS = ("gelu_new", "relu")
+SIZE_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_vocab")
+# Bounds far above any model this NumPy engine trains (GPT-3 has 96 layers, d_model 12,288),
+# checked before anything is allocated: a config read from a file cannot ask for a dict of a
+# trillion layers or for terabytes of weights.
+MAX_LAYERS = 4096
+MAX_SIZE = 1 << 24               # any one of d_model, n_heads, d_head, d_mlp, n_ctx, d_vocab
+MAX_PARAMETERS = 1 << 31         # 8 GiB of float32 weights
 
 
 @dataclass
@@ -49,57 +58,105 @@ class ModelConfig:
 
     def __post_init__(self):
         for name in ("n_layers", "d_model", "n_heads", "n_ctx", "d_vocab"):
-            setattr(self, name, _positive_int(name, getattr(self, name)))
+            setattr(self, name, positive_int(name, getattr(self, name)))
+        for name in ("attn_only", "smeared_key", "pos_trainable"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}: expected true or false, got "
+                                 f"{shown(getattr(self, name))}")
         if self.d_head is None:
             if self.d_model % self.n_heads:
                 raise ValueError(f"d_head: not given and d_model={self.d_model} is not divisible "
                                  f"by n_heads={self.n_heads}; give d_head explicitly")
             self.d_head = self.d_model // self.n_heads
-        self.d_head = _positive_int("d_head", self.d_head)
+        self.d_head = positive_int("d_head", self.d_head)
         if self.attn_only:
             self.d_mlp = None
         else:
             if self.d_mlp is None:
                 self.d_mlp = 4 * self.d_model
-            self.d_mlp = _positive_int("d_mlp", self.d_mlp)
+            self.d_mlp = positive_int("d_mlp", self.d_mlp)
         if self.act_fn not in ACT_FNS:
-            raise ValueError(f"act_fn: {self.act_fn!r} is not one of {ACT_FNS}")
+            raise ValueError(f"act_fn: {shown(self.act_fn)} is not one of {ACT_FNS}")
         if self.normalization_type not in NORMALIZATION_TYPES:
-            raise ValueError(f"normalization_type: {self.normalization_type!r} is not one of "
+            raise ValueError(f"normalization_type: {shown(self.normalization_type)} is not one of "
                              f"{NORMALIZATION_TYPES}")
         if self.positional_embedding_type not in POSITIONAL_TYPES:
-            raise ValueError(f"positional_embedding_type: {self.positional_embedding_type!r} is "
-                             f"not one of {POSITIONAL_TYPES}")
+            raise ValueError(f"positional_embedding_type: {shown(self.positional_embedding_type)} "
+                             f"is not one of {POSITIONAL_TYPES}")
         if self.pos_init not in ("random", "sinusoidal"):
-            raise ValueError(f"pos_init: {self.pos_init!r} is not one of ('random', 'sinusoidal')")
-        for name in ("attn_only", "smeared_key", "pos_trainable"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name}: expected true or false, got {getattr(self, name)!r}")
+            raise ValueError(f"pos_init: {shown(self.pos_init)} is not one of ('random', "
+                             f"'sinusoidal')")
         if self.initializer_range is None:
             self.initializer_range = 0.8 / math.sqrt(self.d_model)
         for name in ("initializer_range", "pos_scale"):
             value = getattr(self, name)
-            if not isinstance(value, numbers.Real) or isinstance(value, bool) or not 0 < value < math.inf:
-                raise ValueError(f"{name}: must be a positive number, got {value!r}")
+            if (not isinstance(value, numbers.Real) or isinstance(value, bool)
+                    or not 0 < value <= sys.float_info.max):
+                raise ValueError(f"{name}: must be a positive number, got {shown(value)}")
             setattr(self, name, float(value))
+        self._check_size()
+
+    def parameter_terms(self):
+        """{the size field a term grows with: its number of parameters}, summing to the model's
+        parameter count (params.param_shapes's shapes), computed without building them."""
+        D, H, E, V, L = self.d_model, self.n_heads, self.d_head, self.d_vocab, self.n_layers
+        ln = 2 * D if self.normalization_type == "LN" else 0
+        layer = ln + 4 * H * D * E + 3 * H * E + D + (H if self.smeared_key else 0)
+        if not self.attn_only:
+            layer += ln + 2 * D * self.d_mlp + self.d_mlp + D
+        return {"d_vocab": 2 * V * D + V,
+                "n_ctx": self.n_ctx * D if self.positional_embedding_type != "none" else 0,
+                "n_layers": L * layer + ln}
+
+    def n_parameters(self):
+        return sum(self.parameter_terms().values())
+
+    def _check_size(self):
+        """Every size field, and the parameter count, within the bounds above."""
+        for name in SIZE_FIELDS:
+            value, bound = getattr(self, name), MAX_LAYERS if name == "n_layers" else MAX_SIZE
+            if value is not None and value > bound:
+                shown_value = f"{value:,}" if value < 10**18 else shown(value)
+                raise ValueError(f"{name}: {shown_value} is more than this engine builds (at most "
+                                 f"{bound:,})")
+        terms = self.parameter_terms()
+        total = sum(terms.values())
+        if total > MAX_PARAMETERS:
+            largest = max(terms, key=terms.get)
+            raise ValueError(f"{largest}: {getattr(self, largest):,} makes a model of {total:,} "
+                             f"parameters (d_model={self.d_model:,}), more than this engine "
+                             f"builds (at most {MAX_PARAMETERS:,})")
 
     @classmethod
     def from_dict(cls, values):
         """A config from a plain dict; an unknown key is a one-line error listing the valid ones."""
         if isinstance(values, cls):
             return values
+        if not isinstance(values, dict):
+            raise ValueError(f"config: expected a dict of fields, got {type(values).__name__}")
         known = [f.name for f in fields(cls)]
         unknown = [k for k in values if k not in known]
         if unknown:
-            raise ValueError(f"unknown config key {unknown[0]!r}; valid keys: {', '.join(known)}")
+            raise ValueError(f"unknown config key {shown(unknown[0])}; valid keys: "
+                             f"{', '.join(known)}")
         return cls(**values)
 
     def to_dict(self):
         return asdict(self)
 
 
-def _positive_int(name, value):
+def positive_int(name, value):
     """value as an int (numpy integers too), or a one-line error naming the field."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value <= 0:
-        raise ValueError(f"{name}: must be a positive integer, got {value!r}")
+        raise ValueError(f"{name}: must be a positive integer, got {shown(value)}")
     return int(value)
+
+
+def shown(value):
+    """repr(value) cut short: a value read from a file may be megabytes long or nested
+    thousands deep, and an error message is one line."""
+    return _SHORT.repr(value)
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring = _SHORT.maxother = 60

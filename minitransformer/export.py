@@ -26,10 +26,10 @@ import sys
 import numpy as np
 
 from .backend import to_numpy
-from .config import ACT_FNS, ModelConfig
+from .config import ACT_FNS, ModelConfig, positive_int, shown
 from .io import atomic_write, error, output_file
 from .model import Model
-from .npz import one_line
+from .npz import one_line, parse_json
 from .ops.layernorm import EPS as LAYERNORM_EPS
 from .params import check_params, param_shapes
 from .runs import Run
@@ -37,7 +37,7 @@ from .runs import Run
 SUFFIX = ".safetensors"
 TORCH_SUFFIXES = (".pt", ".pth", ".bin")
 CONFIG_KEY = "config"                                    # the metadata key TransformerLens reads
-BUFFER = re.compile(r"blocks\.\d+\.attn\.(mask|IGNORE)")  # TransformerLens's, not weights
+BUFFER = re.compile(r"blocks\.(\d+)\.attn\.(mask|IGNORE)")  # TransformerLens's, not weights
 
 # HookedTransformerConfig's fields (TransformerLens 3.9) and what each means to this engine.
 REQUIRED = ("n_layers", "d_model", "d_head", "n_ctx")
@@ -99,27 +99,30 @@ def from_transformer_lens_config(kwargs):
     """HookedTransformerConfig keyword arguments (a dict, e.g. cfg.to_dict()) -> ModelConfig, or a
     one-line error naming the first field whose value this engine does not compute."""
     unknown = sorted(set(kwargs) - set(SAME_NAME) - set(FORWARD_DEFAULTS) - IGNORED -
-                     {"d_vocab_out", "attn_scale", "original_architecture"})
+                     {"d_vocab_out", "attn_scale", "original_architecture"}, key=str)
     if unknown:
-        raise ValueError(f"{unknown[0]}: not a HookedTransformerConfig field (TransformerLens "
-                         f"3.9's); for this engine's own fields pass a ModelConfig")
+        name = unknown[0] if str(unknown[0]).isidentifier() else shown(unknown[0])
+        raise ValueError(f"{str(name)[:60]}: not a HookedTransformerConfig field "
+                         f"(TransformerLens 3.9's); for this engine's own fields pass a ModelConfig")
     for name, default in FORWARD_DEFAULTS.items():
         if name in kwargs and kwargs[name] != default:
-            raise ValueError(f"{name}: {kwargs[name]!r} is not supported here (only "
+            raise ValueError(f"{name}: {shown(kwargs[name])} is not supported here (only "
                              f"TransformerLens's default {default!r})")
     if kwargs.get("original_architecture") not in ARCHITECTURES:
-        raise ValueError(f"original_architecture: {kwargs['original_architecture']!r} is not "
+        raise ValueError(f"original_architecture: {shown(kwargs['original_architecture'])} is not "
                          f"supported here (only {ARCHITECTURES})")
     missing = [name for name in REQUIRED if name not in kwargs]
     if missing:
         raise ValueError(f"{missing[0]}: missing (HookedTransformerConfig requires it)")
     values = {**TL_DEFAULTS, **{name: kwargs[name] for name in SAME_NAME if name in kwargs}}
     if values["n_heads"] == -1:                         # TransformerLens infers it so
+        for name in ("d_model", "d_head"):
+            positive_int(name, values[name])
         values["n_heads"] = values["d_model"] // values["d_head"]
     if values["d_vocab"] == -1:
         raise ValueError("d_vocab: not given (TransformerLens infers it from a tokenizer); give it")
     if kwargs.get("d_vocab_out", -1) not in (-1, values["d_vocab"]):
-        raise ValueError(f"d_vocab_out: {kwargs['d_vocab_out']} differs from d_vocab="
+        raise ValueError(f"d_vocab_out: {shown(kwargs['d_vocab_out'])} differs from d_vocab="
                          f"{values['d_vocab']}; this engine unembeds into the input vocabulary")
     if values["initializer_range"] == -1:
         values["initializer_range"] = None              # only the init; ours has the same default
@@ -127,6 +130,10 @@ def from_transformer_lens_config(kwargs):
         values["act_fn"] = ACT_FNS[0]                   # no MLP, so no activation to compute
     cfg = ModelConfig(**values)
     scale = kwargs.get("attn_scale", -1.0)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not (
+            scale == -1 or 0 < scale <= sys.float_info.max):
+        raise ValueError(f"attn_scale: must be a positive number (or -1: sqrt(d_head)), got "
+                         f"{shown(scale)}")
     if scale != -1.0 and not math.isclose(scale, math.sqrt(cfg.d_head), rel_tol=1e-6):
         raise ValueError(f"attn_scale: {scale} is not sqrt(d_head)={math.sqrt(cfg.d_head):g}, "
                          f"the only attention scale here")
@@ -185,7 +192,35 @@ def load_transformer_lens(path, config=None, device="cpu"):
     cfg = _model_config(path, stored if config is None else config, given=config is not None)
     params = {name: value for name, value in tensors.items() if not BUFFER.fullmatch(name)}
     check_params(cfg, params, where=str(path))
+    for name, value in params.items():
+        if not np.isfinite(value).all():
+            raise ValueError(f"{path}: key {name!r} holds NaN or infinite values (did the "
+                             f"training diverge?)")
+    for name, value in tensors.items():
+        if BUFFER.fullmatch(name):
+            _check_buffer(path, cfg, name, value)
     return Model(cfg, params={name: params[name] for name in param_shapes(cfg)}, device=device)
+
+
+def _check_buffer(path, cfg, name, value):
+    """A TransformerLens buffer must be one that computes what this engine does: a layer that
+    exists; a causal mask (empty, as TransformerLens 3.9 keeps it, or [n_ctx, n_ctx] lower
+    triangular, as earlier versions did); an IGNORE score that is a large negative scalar."""
+    layer, kind = BUFFER.fullmatch(name).groups()
+    if int(layer) >= cfg.n_layers:
+        raise ValueError(f"{path}: key {name!r} is a buffer of layer {int(layer)}, but the model "
+                         f"has {cfg.n_layers} layers")
+    if kind == "mask":
+        causal = np.tril(np.ones((cfg.n_ctx, cfg.n_ctx), dtype=bool))
+        if value.shape not in ((0, 0), causal.shape):
+            raise ValueError(f"{path}: key {name!r} has shape {value.shape}, expected (0, 0) or "
+                             f"(n_ctx, n_ctx) = {causal.shape}")
+        if value.size and (value.dtype.kind not in "biu" or not np.array_equal(value, causal)):
+            raise ValueError(f"{path}: key {name!r} is not the causal (lower triangular) mask, "
+                             f"the only attention this engine computes")
+    elif value.shape not in ((), (1,)) or value.dtype.kind != "f" or not value.item() <= -1e4:
+        raise ValueError(f"{path}: key {name!r} is not TransformerLens's IGNORE score (a "
+                         f"scalar of -inf or a large negative number), shape {value.shape}")
 
 
 def read_state_dict(path):
@@ -193,9 +228,9 @@ def read_state_dict(path):
     path = pathlib.Path(path)
     if not path.is_file():
         raise ValueError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
-    if path.suffix == SUFFIX:
+    if path.suffix.lower() == SUFFIX:          # as io.output_file, which export writes through
         return _read_safetensors(path)
-    if path.suffix in TORCH_SUFFIXES:
+    if path.suffix.lower() in TORCH_SUFFIXES:
         return _read_torch(path), None
     raise ValueError(f"{path}: expected a {SUFFIX} file or a PyTorch state dict "
                      f"({', '.join(TORCH_SUFFIXES)})")
@@ -210,10 +245,7 @@ def _model_config(path, config, given):
     if isinstance(config, ModelConfig):
         return config
     if isinstance(config, str):
-        try:
-            config = json.loads(config)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{where}: not valid JSON ({e})") from None
+        config = parse_json(config, where, kind=None)
     if hasattr(config, "to_dict") and not isinstance(config, dict):   # a HookedTransformerConfig
         config = config.to_dict()
     if not isinstance(config, dict):
@@ -266,19 +298,32 @@ def _read_torch(path):
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:   # UnpicklingError, RuntimeError (not a zip), EOFError (truncated)
-        reason = str(e).split("WeightsUnpickler error:")[-1].strip().split(". ")[0]
+        reason = one_line(str(e).split("WeightsUnpickler error:")[-1].strip().split(". ")[0])
+        if not reason:       # EOFError() of an empty or cut file says nothing itself
+            reason = ("the file is empty" if path.stat().st_size == 0 else
+                      f"{type(e).__name__}: the file ends too soon (truncated?)"
+                      if isinstance(e, EOFError) else type(e).__name__)
         raise ValueError(f"{path}: refused by torch.load(weights_only=True), which loads tensors "
-                         f"only ({one_line(reason)})") from None
+                         f"only ({reason[:300]})") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path}: not a state dict (a dict of tensors keyed by parameter name)")
-    return {name: _tensor_to_numpy(torch, value) for name, value in state.items()}
+    return {name: _tensor_to_numpy(torch, path, name, value) for name, value in state.items()}
 
 
-def _tensor_to_numpy(torch, tensor):
+def _tensor_to_numpy(torch, path, name, tensor):
+    """A dense tensor of real numbers -> NumPy; a sparse, quantized or other tensor NumPy
+    cannot hold -> a one-line error naming the key."""
+    if tensor.layout != torch.strided:
+        raise ValueError(f"{path}: key {shown(name)} is a {tensor.layout} tensor; save it dense "
+                         f"(tensor.to_dense())")
     tensor = tensor.detach().cpu()
     if tensor.is_floating_point() and tensor.dtype not in (torch.float32, torch.float64):
         tensor = tensor.float()        # bfloat16 and float16, widened exactly
-    return tensor.numpy()
+    try:
+        return tensor.numpy()
+    except (TypeError, RuntimeError) as e:   # quantized, unsigned 16-64 bit on older torch, ...
+        raise ValueError(f"{path}: key {shown(name)} has dtype {tensor.dtype}, which NumPy cannot "
+                         f"read ({one_line(e)[:200]}); save it as float32") from None
 
 
 # ---- command line -----------------------------------------------------------------------------

@@ -4,6 +4,7 @@ declares more than the member holds is refused before anything is allocated. Pic
 (object) arrays are never loaded. Every problem is a one-line ValueError naming the file
 and the key."""
 import io
+import json
 import pathlib
 import zipfile
 import zlib
@@ -13,6 +14,7 @@ import numpy as np
 from .io import atomic_write
 
 TEXT_BYTES = 1 << 22      # the most a text (JSON) member may hold
+JSON_DEPTH = 16           # the deepest nesting of lists and dicts in a JSON text read here
 _HEADERS = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
 _BROKEN = (ValueError, EOFError, OSError, KeyError, SyntaxError, TypeError, zipfile.BadZipFile,
            zlib.error, NotImplementedError)
@@ -20,6 +22,40 @@ _BROKEN = (ValueError, EOFError, OSError, KeyError, SyntaxError, TypeError, zipf
 
 def one_line(error):
     return " ".join(str(error).split())
+
+
+def parse_json(text, where, kind=dict):
+    """The JSON `text` (a config, a corpus record, a generator state) parsed, of type `kind`
+    (None: any), or a one-line ValueError that starts with `where` (the file and its key):
+    invalid JSON, an integer of more digits than Python reads, or lists and dicts nested
+    deeper than JSON_DEPTH (which could otherwise exhaust the stack, here or where the value
+    is printed)."""
+    too_deep = f"{where} is JSON nested too deeply (more than {JSON_DEPTH} levels)"
+    try:
+        value = json.loads(text)
+    except RecursionError:
+        raise ValueError(too_deep) from None
+    except ValueError as e:     # JSONDecodeError, and Python's limit on an integer's digits
+        raise ValueError(f"{where} is not valid JSON ({one_line(e)[:200]})") from None
+    if json_depth(value) > JSON_DEPTH:
+        raise ValueError(too_deep)
+    if kind is not None and not isinstance(value, kind):
+        raise ValueError(f"{where} is a JSON {type(value).__name__}, expected a {kind.__name__}")
+    return value
+
+
+def json_depth(value):
+    """How deeply lists and dicts nest in a parsed JSON value (a scalar: 0), without recursion."""
+    deepest, stack = 0, [(value, 0)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, (list, dict)):
+            deepest = max(deepest, depth + 1)
+            if deepest > JSON_DEPTH:
+                return deepest
+            stack.extend((item, depth + 1) for item in (value.values() if isinstance(value, dict)
+                                                        else value))
+    return deepest
 
 
 def save_npz(path, arrays):
@@ -95,6 +131,10 @@ class Archive:
     def text(self, key):
         """A text member (a 0-d string array) as str."""
         return str(self.read(key, shape=(), kinds="U"))
+
+    def json(self, key, kind=dict):
+        """A JSON text member parsed (npz.parse_json), of type `kind`."""
+        return parse_json(self.text(key), f"{self.path}: key {key!r}", kind)
 
     def integer(self, key, minimum=0):
         """A 0-d integer member as int, at least `minimum`."""

@@ -303,3 +303,120 @@ def test_transformer_lens_weights_load_into_our_model(name, suffix, tl, tmp_path
                                      theirs(torch.from_numpy(tokens)).detach().numpy())
     print(f"max relative logit difference: {difference:.2e}")
     assert difference < 1e-5
+
+
+# ---- issue "Reliability, round 2": items 3, 4, 10, 12, 17, 20 --------------------------------
+
+def _tiny_state():
+    state, _ = to_transformer_lens(trained_like(CONFIGS["attn-only-shortformer"], 0))
+    return state
+
+
+def _one_line_error(path, **kwargs):
+    with pytest.raises(ValueError) as error:
+        load_transformer_lens(path, **kwargs)
+    text = str(error.value)
+    assert "\n" not in text and len(text) < 400, text
+    return text
+
+
+def test_a_huge_config_in_the_metadata_is_refused_before_anything_is_built(tmp_path):
+    path = tmp_path / "huge.safetensors"
+    for n_layers in (10**5, 4097):       # 10**12 unfixed: a dict of 10**12 layers fills the memory
+        _with_config(n_layers=n_layers)(_tiny_state(), path)
+        text = _one_line_error(path)
+        assert text.startswith(f"{path}: metadata 'config': n_layers: {n_layers:,} is more than")
+
+
+@pytest.mark.parametrize("where", ["metadata", "argument"])
+def test_deeply_nested_config_json_is_a_one_line_error(where, tmp_path):
+    deep = "[" * 200_000 + "]" * 200_000
+    path = tmp_path / "deep.safetensors"
+    if where == "metadata":
+        save_file(_tiny_state(), path, metadata={"config": deep})
+        text = _one_line_error(path)
+        assert text.startswith(f"{path}: metadata 'config' is JSON nested too deeply")
+    else:
+        _write(path, _tiny_state())
+        assert _one_line_error(path, config=deep).startswith("config is JSON nested too deeply")
+    shallow = "[" * 50 + "]" * 50                   # parsed, yet deeper than any config
+    assert "nested too deeply" in _one_line_error(path, config=shallow)
+
+
+def test_nan_or_infinite_weights_are_refused(tmp_path):
+    path = tmp_path / "nan.safetensors"
+    for bad in (np.nan, np.inf):
+        state = _tiny_state()
+        state["blocks.1.attn.W_V"][0, 0, 0] = bad
+        _write(path, state)
+        assert _one_line_error(path) == (f"{path}: key 'blocks.1.attn.W_V' holds NaN or infinite "
+                                         f"values (did the training diverge?)")
+
+
+@pytest.mark.parametrize("key, value, message", [
+    ("blocks.2.attn.mask", np.zeros((0, 0), bool), "is a buffer of layer 2, but the model has 2"),
+    ("blocks.7.attn.IGNORE", np.array(-np.inf, np.float32), "is a buffer of layer 7"),
+    ("blocks.0.attn.mask", np.ones((3, 5), bool), "has shape (3, 5), expected (0, 0) or (n_ctx"),
+    ("blocks.0.attn.mask", np.ones((16, 16), bool), "is not the causal (lower triangular) mask"),
+    ("blocks.1.attn.mask", np.ones((16, 16), np.float32), "is not the causal"),
+    ("blocks.1.attn.IGNORE", np.full(3, -np.inf, np.float32), "is not TransformerLens's IGNORE"),
+    ("blocks.1.attn.IGNORE", np.array(0.0, np.float32), "is not TransformerLens's IGNORE"),
+])
+def test_buffers_that_change_the_model_are_refused(key, value, message, tmp_path):
+    path = tmp_path / "buffers.safetensors"
+    _write(path, {**_tiny_state(), key: value})
+    text = _one_line_error(path)
+    assert text.startswith(f"{path}: key {key!r}") and message in text
+
+
+def test_earlier_transformer_lens_buffers_still_load(tmp_path):
+    """TransformerLens 2.x: an [n_ctx, n_ctx] causal mask, IGNORE = -1e5 (1.x) or -inf."""
+    path = tmp_path / "old.safetensors"
+    state = _tiny_state()
+    state["blocks.0.attn.mask"] = np.tril(np.ones((16, 16), bool))
+    state["blocks.1.attn.IGNORE"] = np.array(-1e5, np.float32)
+    _write(path, state)
+    assert load_transformer_lens(path).config.n_layers == 2
+
+
+def test_the_suffix_is_read_as_export_writes_it_whatever_its_case(tmp_path, capsys):
+    model = trained_like(CONFIGS["attn-only-shortformer"], 0)
+    path = save_transformer_lens(model, tmp_path / "E.SAFETENSORS")
+    back = load_transformer_lens(path)
+    assert all(np.array_equal(back.params[k], v) for k, v in model.params.items())
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    state, kwargs = to_transformer_lens(model)
+    torch.save({k: torch.from_numpy(v) for k, v in state.items()}, tmp_path / "M.PT")
+    assert load_transformer_lens(tmp_path / "M.PT", config=kwargs).config == model.config
+
+
+def test_attn_scale_of_another_type_names_the_field():
+    config = dict(transformer_lens_config(CONFIGS["attn-only-shortformer"]))
+    for scale in ("2.8", None, [1], 10**400):
+        with pytest.raises(ValueError, match=r"^attn_scale: must be a positive number"):
+            from_transformer_lens_config(dict(config, attn_scale=scale))
+    config.pop("n_heads")                                 # inferred as d_model // d_head
+    with pytest.raises(ValueError, match=r"^d_head: must be a positive integer, got 0"):
+        from_transformer_lens_config(dict(config, d_head=0))
+
+
+def test_a_sparse_tensor_in_a_pt_file_is_a_value_error_naming_the_key(tmp_path):
+    torch = pytest.importorskip("torch", reason="PyTorch is not installed")
+    state, kwargs = to_transformer_lens(trained_like(CONFIGS["attn-only-shortformer"], 0))
+    state = {k: torch.from_numpy(v) for k, v in state.items()}
+    state["embed.W_E"] = state["embed.W_E"].to_sparse()
+    torch.save(state, tmp_path / "sparse.pt")
+    text = _one_line_error(tmp_path / "sparse.pt", config=kwargs)
+    assert text.startswith(f"{tmp_path / 'sparse.pt'}: key 'embed.W_E' is a torch.sparse_coo "
+                           f"tensor; save it dense")
+
+
+def test_an_empty_or_cut_pt_file_gives_a_readable_reason(tmp_path):
+    pytest.importorskip("torch", reason="PyTorch is not installed")
+    config = CONFIGS["attn-only-shortformer"]
+    (tmp_path / "empty.pt").write_bytes(b"")
+    assert _one_line_error(tmp_path / "empty.pt", config=config).endswith(
+        "which loads tensors only (the file is empty)")
+    (tmp_path / "cut.pt").write_bytes(b"\x80\x02")            # a pickle's first bytes only
+    text = _one_line_error(tmp_path / "cut.pt", config=config)
+    assert "()" not in text and text.endswith(")"), text

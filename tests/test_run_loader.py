@@ -100,6 +100,31 @@ def test_every_cli_answers_a_malformed_run_with_one_line(tiny, tmp_path, capsys,
     assert "key 'format_version' has shape (2,)" in err and "\n" not in err
 
 
+@pytest.mark.parametrize("change, message", [
+    # 10**12 (as test_config.py) would, unfixed, fill the memory where this fails in a second
+    (dict(n_layers=10**5), "n_layers: 100,000 is more than this engine builds"),
+    (dict(d_vocab=2**21, d_model=2048), "d_vocab: 2,097,152 makes a model of"),
+])
+def test_a_model_config_beyond_any_real_model_is_refused_before_anything_is_read(
+        tiny, tmp_path, change, message):
+    values = {**json.loads(str(tiny[1]["model_config"])), **change}
+    copy = copy_run(tiny, tmp_path, lambda data: data.update(model_config=text(values)))
+    with pytest.raises(ValueError) as error:
+        Run(copy)
+    assert str(error.value).startswith(f"{copy / 'run.npz'}: key 'model_config' is invalid: "
+                                       f"{message}")
+
+
+@pytest.mark.xfail(strict=True, reason="runs._json (runs.py, line 51) calls json.loads itself; "
+                   "it should call npz.parse_json (or Archive.json), which refuses deep nesting")
+@pytest.mark.parametrize("key", ["model_config", "train_config", "corpus", "state.rng"])
+def test_deeply_nested_json_in_a_run_is_a_one_line_error(tiny, tmp_path, key):
+    deep = text("[" * 200_000 + "]" * 200_000)
+    copy = copy_run(tiny, tmp_path, lambda data: data.update({key: deep}))
+    with pytest.raises(ValueError, match=f"key '{key}' is JSON nested too deeply"):
+        Run(copy)
+
+
 def test_members_the_format_does_not_define_are_never_read(tiny, tmp_path):
     copy = copy_run(tiny, tmp_path, lambda data: None)
     with zipfile.ZipFile(copy / "run.npz", "a", zipfile.ZIP_DEFLATED) as archive:
