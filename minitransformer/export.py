@@ -185,8 +185,9 @@ def load_transformer_lens(path, config=None, device="cpu"):
     """A TransformerLens-format state dict (.safetensors, or a .pt read with
     torch.load(weights_only=True)) -> Model. config: None (the file's metadata "config"), a dict
     of HookedTransformerConfig keyword arguments, a HookedTransformerConfig, or a ModelConfig.
-    TransformerLens's buffers (attn.mask, attn.IGNORE) are dropped; any other key that is not
-    one of the config's parameters, of its shape, is a one-line error naming it."""
+    TransformerLens's buffers (attn.mask, attn.IGNORE) are checked (_check_buffer) and dropped;
+    any other key that is not one of the config's parameters, of its shape, and finite, is a
+    one-line error naming it. The suffix is read case-insensitively, as export writes it."""
     path = pathlib.Path(path)
     tensors, stored = read_state_dict(path)
     cfg = _model_config(path, stored if config is None else config, given=config is not None)
