@@ -96,16 +96,18 @@ class ModelConfig:
             setattr(self, name, float(value))
         self._check_size()
 
-    def parameter_terms(self):
+    def parameter_terms(self, **sizes):
         """{the size field a term grows with: its number of parameters}, summing to the model's
-        parameter count (params.param_shapes's shapes), computed without building them."""
-        D, H, E, V, L = self.d_model, self.n_heads, self.d_head, self.d_vocab, self.n_layers
+        parameter count (params.param_shapes's shapes), computed without building them.
+        sizes: size fields to count with other values (the config itself is not changed)."""
+        size = {name: sizes.get(name, getattr(self, name)) for name in SIZE_FIELDS}
+        D, H, E, V, L = (size[k] for k in ("d_model", "n_heads", "d_head", "d_vocab", "n_layers"))
         ln = 2 * D if self.normalization_type == "LN" else 0
         layer = ln + 4 * H * D * E + 3 * H * E + D + (H if self.smeared_key else 0)
         if not self.attn_only:
-            layer += ln + 2 * D * self.d_mlp + self.d_mlp + D
+            layer += ln + 2 * D * size["d_mlp"] + size["d_mlp"] + D
         return {"d_vocab": 2 * V * D + V,
-                "n_ctx": self.n_ctx * D if self.positional_embedding_type != "none" else 0,
+                "n_ctx": size["n_ctx"] * D if self.positional_embedding_type != "none" else 0,
                 "n_layers": L * layer + ln}
 
     def n_parameters(self):
@@ -119,13 +121,24 @@ class ModelConfig:
                 shown_value = f"{value:,}" if value < 10**18 else shown(value)
                 raise ValueError(f"{name}: {shown_value} is more than this engine builds (at most "
                                  f"{bound:,})")
-        terms = self.parameter_terms()
-        total = sum(terms.values())
+        total = self.n_parameters()
         if total > MAX_PARAMETERS:
-            largest = max(terms, key=terms.get)
-            raise ValueError(f"{largest}: {getattr(self, largest):,} makes a model of {total:,} "
-                             f"parameters (d_model={self.d_model:,}), more than this engine "
-                             f"builds (at most {MAX_PARAMETERS:,})")
+            culprit = self._largest_cause()
+            raise ValueError(f"{culprit}: {getattr(self, culprit):,} makes a model of {total:,} "
+                             f"parameters (n_layers={self.n_layers:,}, d_model={self.d_model:,}), "
+                             f"more than this engine builds (at most {MAX_PARAMETERS:,})")
+
+    def _largest_cause(self):
+        """The size field whose value, brought down to the default model's, shrinks the
+        parameter count the most: the one to name when the count is too large."""
+        default = {"n_layers": 2, "d_model": 128, "n_heads": 4, "d_head": 32, "d_mlp": 512,
+                   "n_ctx": 256, "d_vocab": 256}
+        counts = {}
+        for name in SIZE_FIELDS:
+            if getattr(self, name) is not None:
+                smaller = {name: min(getattr(self, name), default[name])}
+                counts[name] = sum(self.parameter_terms(**smaller).values())
+        return min(counts, key=counts.get)
 
     @classmethod
     def from_dict(cls, values):

@@ -48,15 +48,8 @@ def snapshot_file(run_dir, step):
 
 
 def _json(archive, key, kind=dict):
-    """A JSON text member, parsed, of the given Python type."""
-    try:
-        value = json.loads(archive.text(key))
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{archive.path}: key {key!r} is not valid JSON ({e})") from None
-    if not isinstance(value, kind):
-        raise ValueError(f"{archive.path}: key {key!r} is a JSON {type(value).__name__}, "
-                         f"expected a {kind.__name__}")
-    return value
+    """A JSON text member, parsed (npz.parse_json: bounded nesting), of the given Python type."""
+    return archive.json(key, kind)
 
 
 # fields added to a config after runs were written without them: the value that says what

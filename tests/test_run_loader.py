@@ -115,8 +115,6 @@ def test_a_model_config_beyond_any_real_model_is_refused_before_anything_is_read
                                        f"{message}")
 
 
-@pytest.mark.xfail(strict=True, reason="runs._json (runs.py, line 51) calls json.loads itself; "
-                   "it should call npz.parse_json (or Archive.json), which refuses deep nesting")
 @pytest.mark.parametrize("key", ["model_config", "train_config", "corpus", "state.rng"])
 def test_deeply_nested_json_in_a_run_is_a_one_line_error(tiny, tmp_path, key):
     deep = text("[" * 200_000 + "]" * 200_000)
