@@ -13,6 +13,7 @@ correlates the two views.
 """
 import numpy as np
 
+from minitransformer.config import MIN_N_CTX
 from minitransformer.data import BOS, candidate_tokens
 
 from . import layernorm
@@ -35,7 +36,6 @@ def repeated_random_tokens(n_examples=10, length=25, repeats=4, token_counts=Non
     return np.concatenate([bos, np.tile(segments, (1, repeats))], axis=1).astype(np.int64)
 
 
-MIN_N_CTX = 5    # BOS + 4 repeats of at least one token: the shortest prefix-matching sample
 
 
 def require_n_ctx(n_ctx, who="the head scores", minimum=MIN_N_CTX):

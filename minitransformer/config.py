@@ -19,6 +19,7 @@ SIZE_FIELDS = ("n_layers", "d_model", "n_heads", "d_head", "d_mlp", "n_ctx", "d_
 MAX_LAYERS = 4096
 MAX_SIZE = 1 << 24               # any one of d_model, n_heads, d_head, d_mlp, n_ctx, d_vocab
 MAX_PARAMETERS = 1 << 31         # 8 GiB of float32 weights
+MIN_N_CTX = 5    # BOS + 4 repeats of at least one token: the shortest prefix-matching sample
 
 
 @dataclass

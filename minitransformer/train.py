@@ -20,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 
 from .backend import add_device_argument, to_floats, to_numpy
-from .config import ModelConfig
+from .config import MIN_N_CTX, ModelConfig
 from .data import (corpus_from_spec, describe, eval_set, random_crops, random_repeat_windows,
                    repeat_spans)
 from .io import error, os_error, tolerant_streams
@@ -231,6 +231,9 @@ def train(out, model_config, train_config, resume=False, force=False, progress=T
     cfg = ModelConfig.from_dict(model_config)
     tc = as_train_config(train_config)
     check_fits(cfg, tc)
+    if cfg.n_ctx < MIN_N_CTX:
+        raise ValueError(f"n_ctx: {cfg.n_ctx} is too short to train a run the analyses can read "
+                         f"(at least {MIN_N_CTX}: BOS + 4 repeats for prefix matching)")
     outer = enclosing_run(out)
     if outer is not None:
         raise ValueError(f"{out}: inside the folder of the run {outer}; choose an --out outside "

@@ -302,3 +302,13 @@ def test_the_python_api_answers_with_one_line_value_errors():
 def test_the_first_progress_line_has_no_loss_yet():
     from minitransformer.train import Progress
     assert Progress(10, 256).line(0, None, None).endswith("starting")
+
+
+@pytest.mark.parametrize("n_ctx", [1, 4])
+def test_a_context_the_analyses_cannot_read_is_refused_before_anything_is_written(tmp_path, capsys, n_ctx):
+    from minitransformer.train import main
+    out = tmp_path / "short"
+    assert main(["--preset", "tiny", "--out", str(out), "--quiet", f"n_ctx={n_ctx}"]) == 2
+    err = capsys.readouterr().err
+    assert f"n_ctx: {n_ctx} is too short to train a run the analyses can read (at least 5" in err
+    assert "\n" not in err.strip() and not out.exists()
