@@ -3,26 +3,14 @@ below is the reference layernorm_backward with one thing wrong; the exercise's o
 (exercises/test_01_layernorm_backward.py) are run on it and must fail with a message that
 names the problem, never the formula. The mistaken variants are near copies of the
 solution, which the students' tests must not hold: they live here."""
-import types
-
-import numpy as np
 import pytest
 
 import exercises.test_01_layernorm_backward as checks
 from exercises.solutions import ex01_layernorm_backward as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 
-def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, **replaced})
-
-
-def failure_of(monkeypatch, test, *args, **replaced):
-    """The message with which check `test` fails on the solution with `replaced`."""
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+with_mistake, failure_of = mistakes.bound(checks, solution)
 
 
 def backward(dx_of, dw_db=None):

@@ -4,26 +4,15 @@ checks (exercises/test_02_attention_backward.py) are run on it and must fail wit
 that names the problem (and the gradient, and where), never the formula. The mistaken
 variants are near copies of the solution, which the students' tests must not hold: they
 live here."""
-import types
-
 import numpy as np
 import pytest
 
 import exercises.test_02_attention_backward as checks
 from exercises.solutions import ex02_attention_backward as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 
-def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, **replaced})
-
-
-def failure_of(monkeypatch, test, *args, **replaced):
-    """The message with which check `test` fails on the solution with `replaced`."""
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+with_mistake, failure_of = mistakes.bound(checks, solution)
 
 
 def backward(row_term="right", scale="sqrt d_head", dq_from="rows", dk_from="columns",

@@ -5,8 +5,8 @@ and must fail with a message that names the problem. Among them the check that c
 a broken backward (dout all ones on both sides), and the slower checks, which must stop at
 once naming the faster check that failed. The mistaken variants are near copies of the
 solution, which the students' tests must not hold: they live here."""
+import functools
 import time
-import types
 
 import numpy as np
 import pytest
@@ -14,13 +14,13 @@ from hypothesis import strategies as st
 
 import exercises.test_03_model_gradient_check as checks
 from exercises.solutions import ex03_model_gradient_check as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 numerical_grad = solution.numerical_grad      # what the mistaken gradient_errors below call
 
 
 def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    ex = types.SimpleNamespace(**{**names, **replaced})
+    ex = mistakes.with_mistake(solution, **replaced)
     if "gradient_errors" not in replaced:         # the solution's, on this numerical_grad
         ex.gradient_errors = errors_with()
     if "check_case" not in replaced:
@@ -45,11 +45,7 @@ def fresh_memory(monkeypatch):
     monkeypatch.setattr(checks, "PASSED", {})
 
 
-def failure_of(monkeypatch, test, *args, **replaced):
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+failure_of = functools.partial(mistakes.failure_of, checks, with_mistake)
 
 
 def finite(step="central", divide=2, dout_used=True, in_place=True, restore=True, flat=False):

@@ -7,13 +7,12 @@ failed, without training. The mistaken variants are near copies of the solution,
 students' tests must not hold: they live here."""
 import math
 import time
-import types
-
 import numpy as np
 import pytest
 
 import exercises.test_04_train_induction as checks
 from exercises.solutions import ex04_train_induction as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 # the names the reference's train reads, which the check's watch replaces: the variants below
 # read them from this module's globals, so that the watch sees them too
 from minitransformer import AdamW, Model, clip_grad_norm, learning_rate  # noqa: F401
@@ -26,16 +25,7 @@ def fresh_memory(monkeypatch):
     monkeypatch.setattr(checks, "PASSED", {})
 
 
-def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, **replaced})
-
-
-def failure_of(monkeypatch, test, *args, **replaced):
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+with_mistake, failure_of = mistakes.bound(checks, solution)
 
 
 def loop(rng_each_step=False, split="train", crops_extra=None, clip="before", clip_to=None,

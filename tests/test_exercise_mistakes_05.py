@@ -4,25 +4,15 @@ stripe's offset, length rather than length - 1; the first query; the mean; the h
 the tokens' draws and copies); the exercise's own checks (exercises/test_05_induction_stripe.py)
 are run on it and must fail with a message that names the problem. The mistaken variants are
 near copies of the solution, which the students' tests must not hold: they live here."""
-import types
-
 import numpy as np
 import pytest
 
 import exercises.test_05_induction_stripe as checks
 from exercises.solutions import ex05_induction_stripe as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 
-def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, **replaced})
-
-
-def failure_of(monkeypatch, test, *args, **replaced):
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+with_mistake, failure_of = mistakes.bound(checks, solution)
 
 
 def tokens(values=lambda d_vocab: np.arange(1, d_vocab), replace=False, copies="tile",

@@ -5,25 +5,15 @@ only one earlier copy; the wrong count to divide by); the exercise's own checks
 (exercises/test_06_prefix_matching.py) are run on it and must fail with a message that names
 the problem. The mistaken variants are near copies of the solution, which the students'
 tests must not hold: they live here (test_06 held one, mistaken(), before)."""
-import types
-
 import numpy as np
 import pytest
 
 import exercises.test_06_prefix_matching as checks
 from exercises.solutions import ex06_prefix_matching as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 
-def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, **replaced})
-
-
-def failure_of(monkeypatch, test, *args, **replaced):
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+with_mistake, failure_of = mistakes.bound(checks, solution)
 
 
 def score(after=1, bos=1, copies="every", divide="queries", reduce="sum", examples="mean",

@@ -3,30 +3,26 @@ below is the reference direct_logit_impact or copying_score with one thing wrong
 exercise's own checks (exercises/test_07_copying_score.py) are run on it and must fail with a
 message that names the problem. The mistaken variants are near copies of the solution, which
 the students' tests must not hold: they live here (test_07 held one, mistaken(), before)."""
-import types
+import functools
 
 import numpy as np
 import pytest
 
 import exercises.test_07_copying_score as checks
 from exercises.solutions import ex07_copying_score as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 
 def with_mistake(**replaced):
     """The solution's functions as an `ex`; copying_score, if not replaced, calls the
     (possibly replaced) direct_logit_impact of this namespace."""
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    ex = types.SimpleNamespace(**{**names, **replaced})
+    ex = mistakes.with_mistake(solution, **replaced)
     if "copying_score" not in replaced:
         ex.copying_score = score(impact_of=lambda *args: ex.direct_logit_impact(*args))
     return ex
 
 
-def failure_of(monkeypatch, test, *args, **replaced):
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+failure_of = functools.partial(mistakes.failure_of, checks, with_mistake)
 
 
 def impact(keys=slice(1, None), columns=lambda tokens: tokens[:, 1:], out="nhjt", b_V=True):

@@ -4,25 +4,15 @@ below is a reference function with one thing wrong; the exercise's own checks
 the problem. A missing transpose must fail too: the check's shapes (P 12, d_head 5; P 20,
 d_head 30) make it an error that the check names, where the trained model (P = d_head = 64)
 would let it run. The mistaken variants are near copies of the solution: they live here."""
-import types
-
 import numpy as np
 import pytest
 
 import exercises.test_09_positional_qk as checks
 from exercises.solutions import ex09_positional_qk as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 
-def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, **replaced})
-
-
-def failure_of(monkeypatch, test, *args, **replaced):
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+with_mistake, failure_of = mistakes.bound(checks, solution)
 
 
 def scores(form="right", scale="sqrt d_head", embedding="pos_embed.W_pos", layer_of=None):

@@ -3,26 +3,16 @@ below is a reference function with one thing wrong; the exercise's own checks
 (exercises/test_10_k_composition.py) are run on it and must fail with a message that names
 the problem. The mistaken variants are near copies of the solution: they live here, not in
 the students' tests."""
-import types
-
 import numpy as np
 import pytest
 
 import exercises.test_10_k_composition as checks
 from circuits import prev_token_qk_trace
 from exercises.solutions import ex10_k_composition as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 
-def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, **replaced})
-
-
-def failure_of(monkeypatch, test, *args, **replaced):
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+with_mistake, failure_of = mistakes.bound(checks, solution)
 
 
 def test_the_solution_passes(monkeypatch):

@@ -2,26 +2,16 @@
 below is the reference build_induction_model with one of its eight matrices set otherwise;
 the exercise's own checks (exercises/test_11_handmade_induction.py) are run on it and must
 fail with a message that names the head, the circuit and the problem."""
-import types
-
 import numpy as np
 import pytest
 
 import exercises.test_11_handmade_induction as checks
 from exercises.solutions import ex11_handmade_induction as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 from minitransformer import Model
 
 
-def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, **replaced})
-
-
-def failure_of(monkeypatch, test, *args, **replaced):
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+with_mistake, failure_of = mistakes.bound(checks, solution)
 
 
 def mistaken(edit):

@@ -4,14 +4,15 @@ once); the exercise's own checks (exercises/test_13_smeared_keys.py) are run on 
 fail with a message that names the problem, and the training checks must fail at once,
 naming the check that failed, without training a model. The mistaken variants are near
 copies of the solution, which the students' tests must not hold: they live here."""
+import functools
 import time
-import types
 
 import numpy as np
 import pytest
 
 import exercises.test_13_smeared_keys as checks
 from exercises.solutions import ex13_smeared_keys as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 
 def no_training(*args, **kwargs):
@@ -19,15 +20,10 @@ def no_training(*args, **kwargs):
 
 
 def with_mistake(**replaced):
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, "train_one_layer": no_training, **replaced})
+    return mistakes.with_mistake(solution, **{"train_one_layer": no_training, **replaced})
 
 
-def failure_of(monkeypatch, test, *args, **replaced):
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test(*args)
-    return failed.value.msg
+failure_of = functools.partial(mistakes.failure_of, checks, with_mistake)
 
 
 def sigmoid(alpha):

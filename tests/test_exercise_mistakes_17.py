@@ -3,7 +3,6 @@ applied to the reference solution (one function replaced by a wrong one), the ex
 own checks (exercises/test_17_composition.py) are run on it, and they must fail with a
 message that names the problem. A mistake the shapes rule out (a missing transpose of W_K
 or W_V when d_head != d_model) must fail too, with the error saying which shapes clash."""
-import types
 
 import numpy as np
 import pytest
@@ -11,22 +10,12 @@ import pytest
 import exercises.test_17_composition as checks
 from circuits import FactoredMatrix
 from exercises.solutions import ex17_composition as solution
+import mistakes  # noqa: E402  (tests/mistakes.py)
 
 frobenius = np.linalg.norm
 
 
-def with_mistake(**replaced):
-    """The solution's functions, with `replaced` instead of the named ones."""
-    names = {name: getattr(solution, name) for name in dir(solution) if not name.startswith("_")}
-    return types.SimpleNamespace(**{**names, **replaced})
-
-
-def failure_of(monkeypatch, test, **replaced):
-    """The message with which `test` fails on the solution with a mistake."""
-    monkeypatch.setattr(checks, "ex", with_mistake(**replaced))
-    with pytest.raises(pytest.fail.Exception) as failed:
-        test()
-    return failed.value.msg
+with_mistake, failure_of = mistakes.bound(checks, solution)
 
 
 def test_the_solution_passes(monkeypatch):
