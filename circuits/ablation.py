@@ -28,7 +28,7 @@ from collections import namedtuple
 
 import numpy as np
 
-from minitransformer.interventions import ablate_heads, combine, replay
+from minitransformer.interventions import ablate_heads, combine, record, replay
 
 from .icl import icl_score
 
@@ -83,12 +83,12 @@ def _ablated_batches(model, tokens, ablations, method, batch, output, reuse=True
         chunk = tokens[start:start + batch]
         recorded, patterns = {}, {}
         if method == "full":
-            clean = run(chunk, hooks=_keep(reused, recorded))
+            clean = run(chunk, hooks=record(reused, recorded))
         else:   # the clean forward's own patterns, as its hooks see them: no host copies
-            clean = run(chunk, hooks=_keep(pattern_names, patterns))
+            clean = run(chunk, hooks=record(pattern_names, patterns))
             if reused:
                 model.forward(chunk, hooks=combine(replay(patterns, pattern_names),
-                                                   _keep(reused, recorded)))
+                                                   record(reused, recorded)))
         ablated = []
         for heads in ablations:
             if heads in lowest:   # from the lowest ablated layer up, its z replayed
@@ -101,13 +101,6 @@ def _ablated_batches(model, tokens, ablations, method, batch, output, reuse=True
                 hooks = combine(replay(patterns, list(patterns)), ablate_heads(heads))
                 ablated.append(run(chunk, hooks))
         yield clean, ablated
-
-
-def _keep(names, into):
-    """hooks that keep the activation at each hook point in `names` in into[name]."""
-    def keep(activation, name):
-        into[name] = activation
-    return {name: keep for name in names}
 
 
 def _tokens(model, tokens):

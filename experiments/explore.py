@@ -34,6 +34,7 @@ from circuits.scores import CLASS_RULE, classify_heads
 from minitransformer.backend import add_device_argument, to_numpy
 from minitransformer.cpu import command_settings
 from minitransformer.data import BOS
+from minitransformer.interventions import record
 from minitransformer.io import atomic_write_text, error, os_error, output_file
 from minitransformer.runs import Run
 
@@ -166,13 +167,9 @@ def attention_patterns(model, tokens):
     """Every head's attention pattern on tokens (T,), recorded by a hook at each layer's
     hook_pattern (nothing else is kept) -> (L,H,T,T) float32."""
     recorded = {}
-
-    def keep(pattern, name):                            # pattern (1,H,T,T)
-        recorded[name] = to_numpy(pattern)[0].copy()
-
     names = [f"blocks.{l}.attn.hook_pattern" for l in range(model.config.n_layers)]
-    model.forward(np.asarray(tokens)[None], hooks={name: keep for name in names})
-    return np.stack([recorded[name] for name in names])
+    model.forward(np.asarray(tokens)[None], hooks=record(names, recorded))
+    return np.stack([to_numpy(recorded[name])[0] for name in names])    # each (1,H,T,T)
 
 
 def quantised(patterns):

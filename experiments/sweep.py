@@ -364,13 +364,9 @@ class _ThreadStream:
 
 
 class _Progress(train_module.Progress):
-    """train's Progress for a job on a worker: it writes to sys.stderr as it is when the bar is
-    made (train.Progress's default stream is the one of import time, the worker's own), and a
-    live bar also redraws its line at every snapshot, so its first line is step 0 (its rate
-    counted from there) and its last one the end of the training."""
-
-    def __init__(self, *args, stream=None, **kwargs):
-        super().__init__(*args, stream=sys.stderr if stream is None else stream, **kwargs)
+    """train's Progress for a job on a worker: a live bar also redraws its line at every
+    snapshot, so its first line is step 0 (its rate counted from there) and its last one the
+    end of the training."""
 
     def snapshot(self, step, loss, lr):
         super().snapshot(step, loss, lr)

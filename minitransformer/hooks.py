@@ -12,7 +12,7 @@ for ablations and replays.
 import numpy as np
 
 from .backend import array_module
-from .interventions import engine_hooks, is_engine_point
+from .interventions import engine_hooks, hook_list, is_engine_point
 
 
 class HookPoints:
@@ -21,8 +21,7 @@ class HookPoints:
     `replaced` lists the names whose hook returned a replacement, for the backward to refuse."""
 
     def __init__(self, hooks=None, record=None, prefix="", replaced=None):
-        self.hooks = {name: list(fns) if isinstance(fns, (list, tuple)) else [fns]
-                      for name, fns in (hooks or {}).items()}
+        self.hooks = {name: hook_list(fns) for name, fns in (hooks or {}).items()}
         self.record = record
         self.prefix = prefix
         self.replaced = [] if replaced is None else replaced

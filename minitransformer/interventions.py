@@ -78,6 +78,14 @@ def scale_heads(factors):
     return {f"blocks.{int(l)}.attn.hook_z": HeadScale(scale=f) for l, f in factors.items()}
 
 
+def record(names, into):
+    """-> hooks that keep the activation at each hook point in `names` in into[name] (as it
+    flows on: read-only on NumPy, no copy), and change nothing."""
+    def keep(activation, name):
+        into[name] = activation
+    return {name: keep for name in names}
+
+
 def replay(cache, names):
     """-> hooks that replace each named activation by cache[name] (a run_with_cache cache,
     or any {hook name: array}): a hook_pattern replays that layer's attention pattern, a
@@ -93,8 +101,13 @@ def combine(*hook_dicts):
     out = {}
     for hooks in hook_dicts:
         for name, fns in hooks.items():
-            out.setdefault(name, []).extend(fns if isinstance(fns, (list, tuple)) else [fns])
+            out.setdefault(name, []).extend(hook_list(fns))
     return out
+
+
+def hook_list(fns):
+    """A hook point's hooks, given as one function or a list or tuple of them -> a list."""
+    return list(fns) if isinstance(fns, (list, tuple)) else [fns]
 
 
 def is_engine_point(name):

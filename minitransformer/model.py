@@ -11,7 +11,7 @@ from . import ops
 from .backend import array_module, resolve_device, to_floats, to_numpy
 from .config import ModelConfig
 from .hooks import HookPoints
-from .interventions import HeadScale, engine_hooks
+from .interventions import HeadScale, engine_hooks, hook_list
 from .params import check_params, init_params
 from .cpu import resolve_threads, sharded
 
@@ -268,7 +268,7 @@ class Model:
                 raise ValueError(f"hooks: {name!r} is not a hook point of this model "
                                  f"({cfg.n_layers} layers{', attention-only' if cfg.attn_only else ''}"
                                  f"); Model.hook_names() lists them")
-            fns = fns if isinstance(fns, (list, tuple)) else [fns]
+            fns = hook_list(fns)
             for fn in fns:
                 if not callable(fn):
                     raise ValueError(f"hooks: {name}: {fn!r} is not a function fn(activation, name)")

@@ -47,11 +47,6 @@ def snapshot_file(run_dir, step):
     return pathlib.Path(run_dir) / "snapshots" / f"step_{step:07d}.npz"
 
 
-def _json(archive, key, kind=dict):
-    """A JSON text member, parsed (npz.parse_json: bounded nesting), of the given Python type."""
-    return archive.json(key, kind)
-
-
 # fields added to a config after runs were written without them: the value that says what
 # those runs did (threads: they ran the step as one call)
 ADDED_FIELDS = {"TrainConfig": {"threads": 1, "tokenizer": "bytes", "bos_first": False}}
@@ -60,7 +55,7 @@ ADDED_FIELDS = {"TrainConfig": {"threads": 1, "tokenizer": "bytes", "bos_first":
 def _config(archive, key, cls):
     """A config dataclass from a JSON member that must name every field (but those added
     since, ADDED_FIELDS)."""
-    values = {**ADDED_FIELDS.get(cls.__name__, {}), **_json(archive, key)}
+    values = {**ADDED_FIELDS.get(cls.__name__, {}), **archive.json(key)}
     names = [f.name for f in fields(cls)]
     unknown, missing = sorted(set(values) - set(names)), [n for n in names if n not in values]
     if unknown or missing:
@@ -107,7 +102,7 @@ class Run:
         self.config = cfg = _config(archive, "model_config", ModelConfig)
         tc = _config(archive, "train_config", TrainConfig)
         self.train_config = tc.to_dict()     # a dict, every field present and valid
-        self.corpus = _json(archive, "corpus")
+        self.corpus = archive.json("corpus")
         if not all(isinstance(self.corpus.get(k), str) for k in ("name", "sha256")):
             raise ValueError(f"{self.path}: key 'corpus' must hold a name and a sha256 (strings)")
         step = archive.integer("state.step")
@@ -119,7 +114,7 @@ class Run:
                 "snapshot.steps": archive.read("snapshot.steps", (None,), "iu").astype(np.int64)}
         data["snapshot.tokens"] = archive.read("snapshot.tokens", data["snapshot.steps"].shape, "iu")
         data.update({"log." + k: archive.read("log." + k, (step,)) for k in LOG_KEYS})
-        self.rng_state = _json(archive, "state.rng")
+        self.rng_state = archive.json("state.rng")
         try:
             np.random.PCG64().state = self.rng_state
         except (ValueError, TypeError, KeyError) as e:

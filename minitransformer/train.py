@@ -54,8 +54,9 @@ class Progress:
     """A live line on a terminal (step, tokens, tokens/s, loss, lr, ETA); plain log lines
     (one per snapshot) otherwise."""
 
-    def __init__(self, total_steps, tokens_per_step, stream=sys.stderr, enabled=True, label=""):
+    def __init__(self, total_steps, tokens_per_step, stream=None, enabled=True, label=""):
         self.label = label   # names the run on log lines (a sweep interleaves several)
+        stream = sys.stderr if stream is None else stream   # sys.stderr as it is now
         self.total, self.tokens_per_step, self.stream = total_steps, tokens_per_step, stream
         self.live = enabled and stream.isatty()
         self.enabled = enabled
@@ -390,8 +391,8 @@ def _interrupted(out, force, started):
     if force and saved is not None and saved.exists():
         return (f"interrupted before the new run's first state was saved; {out} still holds "
                 f"the old run, unchanged")
-    return (f"interrupted before anything was saved; nothing to resume: run the same command "
-            f"again (without --resume)")
+    return ("interrupted before anything was saved; nothing to resume: run the same command "
+            "again (without --resume)")
 
 
 def main(argv=None):
