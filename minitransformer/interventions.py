@@ -7,6 +7,8 @@ run_with_cache, per_token_loss and loss_and_grads take.
     kept = combine(replay(cache, ["blocks.0.attn.hook_pattern", "blocks.1.attn.hook_pattern"]),
                    ablate_heads([(1, 2)]))                       # the paper's pattern-preserving
     model.per_token_loss(tokens, hooks=kept)                     # ablation of head 1.2
+    seen = {}
+    model.forward(tokens, hooks=record(["blocks.0.attn.hook_pattern"], seen))   # keep one
 
 A hook is fn(activation, name) -> None (keep it) or a replacement (minitransformer.hooks).
 The builders' hooks are such functions too, and the engine also knows what they mean, where
