@@ -196,3 +196,15 @@ def test_the_smeared_key_op_pair_is_the_models_to_choose():
                    smear=(forward, backward))
     assert traced.loss_and_grads(tokens())[0] == loss
     assert calls == ["forward", "forward", "backward", "backward"]   # two layers
+
+
+def test_record_keeps_what_run_with_cache_records_and_changes_nothing(model):
+    from minitransformer.interventions import record
+    x = tokens()
+    logits, cache = model.run_with_cache(x)
+    names = ["blocks.0.attn.hook_pattern", "blocks.1.hook_resid_post"]
+    kept = {}
+    assert_array_equal(model.forward(x, hooks=record(names, kept)), logits)
+    assert list(kept) == names
+    for name in names:
+        assert_array_equal(kept[name], cache[name], err_msg=name)
